@@ -1,0 +1,148 @@
+//! Writing a complete root filesystem image from layer files, atomically: the image is
+//! built under a temporary name in the output's directory and renamed into place only
+//! when complete, so a failed or interrupted run never leaves a partial OUTPUT.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use tempfile::NamedTempFile;
+use vessel_ext4::{BuildOptions, Builder, Ext4Error, Summary};
+
+use crate::layer::{self, LayerError};
+
+#[derive(Debug, Clone, Default)]
+pub struct RootfsOptions {
+    /// Image size in bytes; `None` sizes it from the content, with headroom.
+    pub size: Option<u64>,
+    /// Fixed filesystem UUID (for reproducible images); random when `None`.
+    pub uuid: Option<[u8; 16]>,
+    /// Superblock timestamps; now when `None`.
+    pub timestamp: Option<i64>,
+}
+
+/// Progress reports, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Inside layer `index` (0-based) of `count`: compressed bytes read of `total`.
+    Layer { index: usize, count: usize, name: &'a str, read: u64, total: u64, entries: u64 },
+    /// Writing inode tables, directories and bitmaps.
+    Finishing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("cannot create the image file in {dir}")]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot move the finished image to {path}")]
+    Persist {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the filesystem image")]
+    Ext4(#[from] Ext4Error),
+}
+
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+fn temp_beside(output: &Path) -> Result<NamedTempFile, RootfsError> {
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{base}."))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|source| RootfsError::Create { dir, source })
+}
+
+fn persist(tmp: NamedTempFile, output: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |source| RootfsError::Persist { path: output.to_path_buf(), source };
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(perm)?;
+    tmp.persist(output).map_err(|e| perm(e.error))?;
+    Ok(())
+}
+
+fn builder_for(tmp: &NamedTempFile, opts: BuildOptions) -> Result<Builder, RootfsError> {
+    let file = tmp.as_file().try_clone().map_err(|source| RootfsError::Create {
+        dir: tmp.path().to_path_buf(),
+        source,
+    })?;
+    Ok(Builder::new(file, opts)?)
+}
+
+/// Builds `output` from `layers` (applied in order; gzip, zstd or uncompressed).
+pub fn create_rootfs(
+    output: &Path,
+    layers: &[PathBuf],
+    opts: &RootfsOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Summary, RootfsError> {
+    let tmp = temp_beside(output)?;
+    let mut b = builder_for(
+        &tmp,
+        BuildOptions { size: opts.size, journal: false, uuid: opts.uuid, timestamp: opts.timestamp },
+    )?;
+    for (index, path) in layers.iter().enumerate() {
+        let name = path.display().to_string();
+        let open = |source| LayerError::Open { layer: name.clone(), source };
+        let file = File::open(path).map_err(open)?;
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let count = Rc::new(Cell::new(0u64));
+        let counting = Counting { inner: file, count: count.clone() };
+        let (_, mut r) = layer::compression::decoder(counting).map_err(|source| {
+            LayerError::Corrupt { layer: name.clone(), entry: None, source }
+        })?;
+        let n = layers.len();
+        let mut report = |s: &layer::LayerStats| {
+            progress(Progress::Layer {
+                index,
+                count: n,
+                name: &name,
+                read: count.get(),
+                total,
+                entries: s.entries,
+            })
+        };
+        layer::apply_layer(&mut b, &mut r, &name, index as u32 + 1, &mut report)?;
+    }
+    progress(Progress::Finishing);
+    let summary = b.finish()?;
+    persist(tmp, output)?;
+    Ok(summary)
+}
+
+/// Writes an empty, journaled, writable filesystem of `size` bytes to `output`.
+pub fn create_empty(output: &Path, size: u64, opts: &RootfsOptions) -> Result<Summary, RootfsError> {
+    let tmp = temp_beside(output)?;
+    let b = builder_for(
+        &tmp,
+        BuildOptions { size: Some(size), journal: true, uuid: opts.uuid, timestamp: opts.timestamp },
+    )?;
+    let summary = b.finish()?;
+    persist(tmp, output)?;
+    Ok(summary)
+}
