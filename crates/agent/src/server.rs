@@ -1,0 +1,117 @@
+//! The agent's gRPC service.
+
+use crate::{log, vsock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use vessel_proto::agent::agent_server::{Agent, AgentServer};
+use vessel_proto::agent::{InfoRequest, InfoResponse, ShutdownRequest, ShutdownResponse};
+use vessel_proto::ports;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on vsock port {port}")]
+    Listen {
+        port: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling")]
+    Signals(#[from] std::io::Error),
+    #[error("gRPC server failed")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+#[derive(Debug)]
+struct AgentService {
+    ready_uptime_ms: u64,
+    shutdown: watch::Sender<bool>,
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let uname = nix::sys::utsname::uname().map_err(internal)?;
+        let sysinfo = nix::sys::sysinfo::sysinfo().map_err(internal)?;
+        let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .map_err(internal)?
+            .unwrap_or(1);
+        Ok(Response::new(InfoResponse {
+            kernel_release: uname.release().to_string_lossy().into_owned(),
+            kernel_version: uname.version().to_string_lossy().into_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: uptime().as_secs_f64(),
+            memory_total_bytes: sysinfo.ram_total(),
+            memory_available_bytes: available_memory().unwrap_or(sysinfo.ram_unused()),
+            cpus_online: u32::try_from(cpus).unwrap_or(1),
+            agent_ready_uptime_ms: self.ready_uptime_ms,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        log::info(format_args!("shutdown requested by the host"));
+        let _ = self.shutdown.send(true);
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+/// Serves until the host asks for a shutdown; returns once the reply had time to leave.
+pub async fn run() -> Result<(), ServeError> {
+    let listener = vsock::listen(ports::AGENT)
+        .map_err(|source| ServeError::Listen { port: ports::AGENT, source })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready_uptime_ms = u64::try_from(uptime().as_millis()).unwrap_or(u64::MAX);
+    let service = AgentService { ready_uptime_ms, shutdown: shutdown_tx };
+
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let connection = vsock::accept(&listener).await;
+        Some((connection, listener))
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown_requested(shutdown_rx.clone()));
+    tokio::spawn(async {
+        if let Err(err) = vsock::announce_ready().await {
+            log::error(format_args!("cannot tell the host the agent is ready: {err}"));
+        }
+    });
+    log::info(format_args!("serving on vsock port {} at {ready_uptime_ms} ms", ports::AGENT));
+
+    // A graceful shutdown waits for every connection to close, and the host may keep its
+    // own open: in-flight replies get a short, bounded time instead.
+    tokio::select! {
+        result = server => result?,
+        () = async {
+            shutdown_requested(shutdown_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {}
+    }
+    Ok(())
+}
+
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(50);
+
+async fn shutdown_requested(mut requested: watch::Receiver<bool>) {
+    let _ = requested.wait_for(|requested| *requested).await;
+}
+
+pub fn uptime() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// `MemAvailable` from /proc/meminfo: what a new process can get without swapping.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+fn internal(err: impl std::fmt::Display) -> Status {
+    Status::internal(err.to_string())
+}

@@ -1,0 +1,67 @@
+//! vsock plumbing: the listener tonic serves on, and the one-shot "ready" call to the host.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
+use vessel_proto::{ports, HOST_CID};
+
+/// One accepted host connection, in the shape tonic's server wants.
+#[derive(Debug)]
+pub struct HostConnection(VsockStream);
+
+impl tonic::transport::server::Connected for HostConnection {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for HostConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// Guest-side vsock writes larger than this are split across virtqueue descriptors, which
+/// vhost-device-vsock (v0.3) cannot handle: it stalls the connection for good. Every write
+/// from the guest is therefore capped here.
+pub const MAX_GUEST_WRITE: usize = 32_000;
+
+impl AsyncWrite for HostConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let len = buf.len().min(MAX_GUEST_WRITE);
+        Pin::new(&mut self.0).poll_write(cx, &buf[..len])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+pub fn listen(port: u32) -> io::Result<VsockListener> {
+    VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
+}
+
+pub async fn accept(listener: &VsockListener) -> io::Result<HostConnection> {
+    let (stream, _peer) = listener.accept().await?;
+    Ok(HostConnection(stream))
+}
+
+/// Tells the host the agent serves, so the host never polls for it.
+pub async fn announce_ready() -> io::Result<()> {
+    let mut stream = VsockStream::connect(VsockAddr::new(HOST_CID, ports::READY)).await?;
+    stream.write_all(b"ready\n").await?;
+    stream.shutdown(std::net::Shutdown::Write)
+}

@@ -1,0 +1,45 @@
+use crate::Context;
+use std::process::ExitCode;
+use vessel_vm::Accel;
+
+#[derive(Debug, clap::Args)]
+pub struct SelftestArgs {
+    /// Output format: table or json
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Accelerator: auto (KVM when usable, else TCG), kvm or tcg
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// Virtual CPUs
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 256)]
+    memory: u32,
+}
+
+pub fn run(args: SelftestArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    if !matches!(args.format.as_str(), "table" | "json") {
+        anyhow::bail!("unknown format {:?} (use table or json)", args.format);
+    }
+    let report = super::super::block_on(vessel_runtime::selftest::run(
+        &context.host,
+        args.accel,
+        args.cpus,
+        args.memory,
+        context.debug,
+    ))??;
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("accelerator      {}", report.accel);
+        println!("guest kernel     {}", report.kernel_release);
+        println!("agent            vessel-init {}", report.agent_version);
+        println!("guest            {} CPU, {} MiB", report.cpus, report.memory_total_bytes >> 20);
+        println!("agent ready      {:>7.1} ms after VM start", report.ready_ms);
+        println!("info answered    {:>7.1} ms", report.info_ms);
+        println!("powered off      {:>7.1} ms", report.off_ms);
+        println!("clean shutdown   {}", if report.clean_shutdown { "yes" } else { "no" });
+    }
+    Ok(if report.clean_shutdown { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

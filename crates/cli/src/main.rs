@@ -1,0 +1,64 @@
+#![forbid(unsafe_code)]
+//! `vessel`: run each container in its own lightweight VM.
+
+mod commands;
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for vessel's own failures, as docker uses.
+const EXIT_VESSEL_FAILED: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(name = "vessel", version, about = "Run each container in its own lightweight VM")]
+pub struct Cli {
+    /// State directory (default /var/lib/vessel, runtime files in /run/vessel)
+    #[arg(long, global = true, env = "VESSEL_ROOT")]
+    root: Option<PathBuf>,
+    /// Show debug logs, and guest consoles live
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// What every command gets besides its own flags.
+#[derive(Debug)]
+pub struct Context {
+    pub host: vessel_runtime::Host,
+    pub debug: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VESSEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let context = Context { host: vessel_runtime::Host::new(cli.root), debug: cli.debug };
+    match commands::run(cli.command, &context) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vessel: {}", error_chain(&err));
+            ExitCode::from(EXIT_VESSEL_FAILED)
+        }
+    }
+}
+
+/// `outer: inner: innermost`, each cause once.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}

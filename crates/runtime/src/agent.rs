@@ -1,0 +1,53 @@
+//! The host's client for the guest agent (vessel-init), over the VM's vsock.
+
+use crate::RuntimeError;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+use vessel_proto::agent::agent_client::AgentClient as GrpcClient;
+use vessel_proto::agent::{InfoRequest, InfoResponse, ShutdownRequest};
+use vessel_proto::ports;
+use vessel_vm::vsock::HostVsock;
+
+/// A connected agent. Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    grpc: GrpcClient<Channel>,
+}
+
+impl AgentClient {
+    /// Connects to the agent's gRPC port through the VM's vsock.
+    pub async fn connect(vsock: &HostVsock) -> Result<AgentClient, RuntimeError> {
+        let stream = vsock.connect(ports::AGENT).await.map_err(RuntimeError::AgentConnect)?;
+        // The URI is never dialled: the connector hands over the stream we already have.
+        let mut stream = Some(stream);
+        let channel = Endpoint::from_static("http://vessel-agent")
+            .connect_with_connector(tower::service_fn(move |_uri| {
+                let stream = stream.take();
+                async move {
+                    stream.map(TokioIo::new).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "the agent connection was lost",
+                        )
+                    })
+                }
+            }))
+            .await?;
+        Ok(AgentClient { grpc: GrpcClient::new(channel) })
+    }
+
+    pub async fn info(&mut self) -> Result<InfoResponse, RuntimeError> {
+        let response = self.grpc.info(InfoRequest {}).await.map_err(|status| {
+            RuntimeError::AgentCall { call: "Info", status: Box::new(status) }
+        })?;
+        Ok(response.into_inner())
+    }
+
+    /// Asks the guest to sync and power off. The VM ends shortly after the reply.
+    pub async fn shutdown(&mut self) -> Result<(), RuntimeError> {
+        self.grpc.shutdown(ShutdownRequest { force: false }).await.map_err(|status| {
+            RuntimeError::AgentCall { call: "Shutdown", status: Box::new(status) }
+        })?;
+        Ok(())
+    }
+}

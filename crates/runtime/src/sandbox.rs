@@ -1,0 +1,199 @@
+//! A sandbox is one VM with its agent connected: what every container runs in.
+
+use crate::agent::AgentClient;
+use crate::{Host, RuntimeError};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use vessel_proto::ports;
+use vessel_vm::qemu::{QemuBackend, QemuVm};
+use vessel_vm::{Accel, Backend, Disk, Vm, VmConfig, VmExit};
+
+/// How long a guest may take from VM start to a serving agent. Generous: under TCG on a
+/// loaded 2-core host a boot can take several times its usual 0.5 s.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a guest may take to power off after being asked.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disks: Vec<Disk>,
+    pub accel: Accel,
+    /// Copy the guest console to stderr while the sandbox runs (`--debug`).
+    pub echo_console: bool,
+}
+
+impl SandboxOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        SandboxOptions {
+            name: name.into(),
+            cpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            accel: Accel::Auto,
+            echo_console: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Sandbox {
+    vm: QemuVm,
+    agent: AgentClient,
+    /// When the VMM was started and when the agent said it serves.
+    pub started: Instant,
+    pub ready_after: Duration,
+}
+
+impl Sandbox {
+    /// Boots a VM and returns once its agent serves.
+    pub async fn start(host: &Host, options: SandboxOptions) -> Result<Sandbox, RuntimeError> {
+        host.ensure_dirs()?;
+        let backend = QemuBackend::discover(host.tsc_cache())?;
+        let kernel = host.kernel()?;
+        let init = host.init()?;
+        let run_dir = host.vm_run_dir(&options.name);
+        if run_dir.exists() {
+            return Err(RuntimeError::Io {
+                action: "use the VM directory (a VM of this name runs, or a crashed one left it)",
+                path: run_dir,
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        // Until the VM owns the directory, a failure must remove it here.
+        let initramfs = write_initramfs(&init, &run_dir).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        })?;
+        let config = VmConfig {
+            name: options.name.clone(),
+            kernel,
+            initramfs,
+            kernel_args: Vec::new(),
+            cpus: options.cpus,
+            memory_mib: options.memory_mib,
+            disks: options.disks,
+            run_dir,
+            accel: options.accel,
+            echo_console: options.echo_console,
+        };
+        let vsock = vessel_vm::vsock::HostVsock::new(config.run_dir.join("vsock.sock"));
+        let ready = vsock.listen(ports::READY).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&config.run_dir);
+            RuntimeError::Io {
+                action: "listen for the agent on",
+                path: vsock.listen_path(ports::READY),
+                source,
+            }
+        })?;
+
+        let started = Instant::now();
+        let run_dir = config.run_dir.clone();
+        let mut vm = backend.boot(config).await.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        })?;
+        tracing::debug!(vm = %options.name, pid = ?vm.pid(), "VM started");
+        let ready_after = match wait_ready(&mut vm, ready).await {
+            Ok(()) => started.elapsed(),
+            Err(err) => {
+                let _ = vm.kill().await;
+                return Err(err);
+            }
+        };
+        let agent = match AgentClient::connect(vm.vsock()).await {
+            Ok(agent) => agent,
+            Err(err) => {
+                let _ = vm.kill().await;
+                return Err(err);
+            }
+        };
+        Ok(Sandbox { vm, agent, started, ready_after })
+    }
+
+    pub fn agent(&mut self) -> &mut AgentClient {
+        &mut self.agent
+    }
+
+    pub fn vm(&self) -> &QemuVm {
+        &self.vm
+    }
+
+    /// Asks the agent to power off, waits, and kills the VM if it does not end in time.
+    /// Returns how the VM ended.
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, RuntimeError> {
+        if let Err(err) = self.agent.shutdown().await {
+            tracing::warn!(error = %err, "agent shutdown failed; killing the VM");
+        }
+        match self.vm.wait(timeout).await? {
+            Some(exit) => Ok(exit),
+            None => {
+                tracing::warn!(?timeout, "the guest did not power off in time; killing the VM");
+                self.vm.kill().await?;
+                Ok(self.vm.wait(Duration::ZERO).await?.unwrap_or(VmExit::GuestExit))
+            }
+        }
+    }
+}
+
+/// Waits for the agent's "ready" call, or for the VM to end or the deadline to pass.
+async fn wait_ready(vm: &mut QemuVm, ready: tokio::net::UnixListener) -> Result<(), RuntimeError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let accept = async {
+        let (mut stream, _) = ready.accept().await?;
+        let mut line = [0u8; 6];
+        stream.read_exact(&mut line).await?;
+        Ok::<_, std::io::Error>(line)
+    };
+    tokio::pin!(accept);
+    loop {
+        tokio::select! {
+            line = &mut accept => {
+                return match line {
+                    Ok(line) if &line == b"ready\n" => Ok(()),
+                    Ok(line) => Err(RuntimeError::AgentConnect(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected ready message {:?}", String::from_utf8_lossy(&line)),
+                    ))),
+                    Err(err) => Err(RuntimeError::AgentConnect(err)),
+                };
+            }
+            exit = vm.wait(Duration::from_millis(50)) => {
+                if let Some(exit) = exit? {
+                    return Err(RuntimeError::VmEndedEarly {
+                        exit: format!("{exit:?}"),
+                        boot_log: console_tail(&vm.boot_log()),
+                    });
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(RuntimeError::AgentTimeout {
+                        timeout: READY_TIMEOUT,
+                        boot_log: console_tail(&vm.boot_log()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn write_initramfs(init: &std::path::Path, run_dir: &std::path::Path) -> Result<PathBuf, RuntimeError> {
+    let io_err = |action, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { action, path, source }
+    };
+    let binary = std::fs::read(init).map_err(io_err("read", init))?;
+    std::fs::create_dir_all(run_dir).map_err(io_err("create", run_dir))?;
+    let path = run_dir.join("initramfs.cpio");
+    let mut archive = Vec::with_capacity(binary.len() + 4096);
+    vessel_vm::initramfs::write(&mut archive, &binary).map_err(io_err("build", &path))?;
+    std::fs::write(&path, archive).map_err(io_err("write", &path))?;
+    Ok(path)
+}
+
+/// The last lines of a console log, for error messages.
+pub fn console_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

@@ -1,0 +1,115 @@
+//! VM backends behind one trait: boot a kernel with an initramfs and devices, wait for the VM
+//! to end, kill it. QEMU's `microvm` machine is the first backend.
+//!
+//! This crate knows nothing of containers or of the agent inside the guest: it boots a kernel,
+//! wires devices, and owns every host process and file that a VM needs until it is gone.
+
+pub mod accel;
+pub mod initramfs;
+pub mod qemu;
+pub mod tsc;
+pub mod vsock;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use accel::Accel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{what} not found at {path} ({hint})")]
+    Missing { what: &'static str, path: PathBuf, hint: &'static str },
+    #[error("{program} not found in PATH ({hint})")]
+    ProgramNotFound { program: String, hint: &'static str },
+    #[error("cannot create the VM's runtime directory {path}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited during start-up ({status}); see {log}")]
+    EarlyExit { program: String, status: std::process::ExitStatus, log: PathBuf },
+    #[error("{program} did not create {path} within {timeout:?}")]
+    SocketTimeout { program: String, path: PathBuf, timeout: Duration },
+    #[error("cannot write the initramfs {path}")]
+    Initramfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the VM failed")]
+    Wait(#[source] std::io::Error),
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+}
+
+/// A disk the guest sees as `/dev/vdX`, in the order given.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Names the VM in logs and process titles.
+    pub name: String,
+    /// An uncompressed `vmlinux`, booted through PVH.
+    pub kernel: PathBuf,
+    /// A newc cpio archive (see [`initramfs`]).
+    pub initramfs: PathBuf,
+    /// Extra kernel command-line arguments; the backend adds console, timing and device ones.
+    pub kernel_args: Vec<String>,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disks: Vec<Disk>,
+    /// Directory for this VM's sockets and logs; the VM owns it and removes it when gone.
+    pub run_dir: PathBuf,
+    pub accel: Accel,
+    /// Copy the guest console to our stderr as well as to the boot log.
+    pub echo_console: bool,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off or rebooted (both end the VM).
+    GuestExit,
+    /// The VMM exited with an error status or a signal (ours or someone else's).
+    Failed(std::process::ExitStatus),
+}
+
+/// A running VM. Dropping it kills whatever is left of it and removes its runtime directory.
+pub trait Vm: Send + std::fmt::Debug {
+    /// The host side of the guest's vsock (hybrid model).
+    fn vsock(&self) -> &vsock::HostVsock;
+    /// The guest console log.
+    fn boot_log(&self) -> PathBuf;
+    /// The VMM's process id, for the state files of later callers.
+    fn pid(&self) -> Option<u32>;
+    /// Waits up to `timeout` for the VM to end by itself.
+    fn wait(
+        &mut self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Option<VmExit>, VmError>> + Send;
+    /// Ends the VM at once and waits until every process of it is gone.
+    fn kill(&mut self) -> impl std::future::Future<Output = Result<(), VmError>> + Send;
+}
+
+/// A way to run VMs.
+pub trait Backend: std::fmt::Debug {
+    type Vm: Vm;
+    fn name(&self) -> &'static str;
+    /// Starts the VM and returns once its VMM runs; the guest may still be booting.
+    fn boot(
+        &self,
+        config: VmConfig,
+    ) -> impl std::future::Future<Output = Result<Self::Vm, VmError>> + Send;
+}

@@ -1,0 +1,250 @@
+//! The QEMU `microvm` backend: a real, maintained VMM from the distribution that runs on
+//! every host we have, with KVM where the host allows and TCG elsewhere.
+//!
+//! Each VM is two host processes: `vhost-device-vsock` (the vsock device, served to QEMU over
+//! vhost-user because hosts often lack the vhost-vsock module) and QEMU itself. Both die with
+//! the process that started them, and the VM's runtime directory goes with the VM.
+
+mod cmdline;
+mod process;
+
+pub use cmdline::{guest_cmdline, qemu_args, TimingHints};
+
+use crate::vsock::HostVsock;
+use crate::{Backend, Vm, VmConfig, VmError, VmExit};
+use process::Child;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long vhost-device-vsock may take to create its socket.
+const VSOCK_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Guest CID of every VM: each VM has its own vsock device, so they never clash.
+const GUEST_CID: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    /// Where the measured TSC frequency is cached (see [`crate::tsc`]).
+    pub tsc_cache: PathBuf,
+}
+
+impl QemuBackend {
+    /// Finds the programs in `PATH` (or in `VESSEL_QEMU` / `VESSEL_VHOST_VSOCK`).
+    pub fn discover(tsc_cache: PathBuf) -> Result<Self, VmError> {
+        Ok(QemuBackend {
+            qemu: find_program(
+                "VESSEL_QEMU",
+                "qemu-system-x86_64",
+                "apt-get install qemu-system-x86",
+            )?,
+            vhost_vsock: find_program(
+                "VESSEL_VHOST_VSOCK",
+                "vhost-device-vsock",
+                "run scripts/setup, or cargo install vhost-device-vsock",
+            )?,
+            tsc_cache,
+        })
+    }
+}
+
+/// A program named by `env_var`, else found in `PATH`.
+pub fn find_program(env_var: &str, name: &str, hint: &'static str) -> Result<PathBuf, VmError> {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(VmError::Missing { what: "program", path, hint })
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| VmError::ProgramNotFound { program: name.to_string(), hint })
+}
+
+impl Backend for QemuBackend {
+    type Vm = QemuVm;
+
+    fn name(&self) -> &'static str {
+        "qemu-microvm"
+    }
+
+    async fn boot(&self, config: VmConfig) -> Result<QemuVm, VmError> {
+        for (what, path, hint) in [
+            ("guest kernel", &config.kernel, "run kernel/build"),
+            ("initramfs", &config.initramfs, "the caller must write it first"),
+        ] {
+            if !path.is_file() {
+                return Err(VmError::Missing { what, path: path.clone(), hint });
+            }
+        }
+        if config.cpus == 0 || config.memory_mib < 64 {
+            return Err(VmError::Config(format!(
+                "{} CPUs and {} MiB: a VM needs at least 1 CPU and 64 MiB",
+                config.cpus, config.memory_mib
+            )));
+        }
+        std::fs::create_dir_all(&config.run_dir)
+            .map_err(|source| VmError::RunDir { path: config.run_dir.clone(), source })?;
+        let paths = RunPaths::new(&config.run_dir);
+        let accel = config.accel.resolve();
+        let khz = crate::tsc::host_khz(&self.tsc_cache);
+
+        let vhost_log = paths.log("vhost-device-vsock");
+        let mut vhost = Child::spawn(
+            &self.vhost_vsock,
+            &[
+                "--guest-cid".to_string(),
+                GUEST_CID.to_string(),
+                "--socket".to_string(),
+                paths.vhost_socket.display().to_string(),
+                "--uds-path".to_string(),
+                paths.vsock.display().to_string(),
+            ],
+            &vhost_log,
+        )?;
+        if let Err(err) =
+            vhost.wait_for_socket(&paths.vhost_socket, VSOCK_SOCKET_TIMEOUT, &vhost_log).await
+        {
+            vhost.kill().await;
+            let _ = std::fs::remove_dir_all(&config.run_dir);
+            return Err(err);
+        }
+
+        if devices_needed(&config) > cmdline::MMIO_TRANSPORTS as usize {
+            vhost.kill().await;
+            return Err(VmError::Config(format!(
+                "{} disks: a microvm has room for {} virtio devices, 2 of them taken",
+                config.disks.len(),
+                cmdline::MMIO_TRANSPORTS
+            )));
+        }
+        let args = qemu_args(&config, accel, &paths.vhost_socket, &paths.console, khz);
+        tracing::debug!(vm = %config.name, ?args, "starting qemu");
+        let qemu = match Child::spawn(&self.qemu, &args, &paths.log("qemu")) {
+            Ok(qemu) => qemu,
+            Err(err) => {
+                vhost.kill().await;
+                let _ = std::fs::remove_dir_all(&config.run_dir);
+                return Err(err);
+            }
+        };
+        let echo = config.echo_console.then(|| process::echo_file(paths.console.clone()));
+        Ok(QemuVm {
+            qemu,
+            vhost,
+            vsock: HostVsock::new(paths.vsock),
+            console: paths.console,
+            run_dir: config.run_dir,
+            echo,
+            exited: None,
+        })
+    }
+}
+
+fn devices_needed(config: &VmConfig) -> usize {
+    2 + config.disks.len()
+}
+
+struct RunPaths {
+    dir: PathBuf,
+    vhost_socket: PathBuf,
+    vsock: PathBuf,
+    console: PathBuf,
+}
+
+impl RunPaths {
+    fn new(dir: &Path) -> Self {
+        RunPaths {
+            dir: dir.to_path_buf(),
+            vhost_socket: dir.join("vhost-vsock.sock"),
+            vsock: dir.join("vsock.sock"),
+            console: dir.join("console.log"),
+        }
+    }
+
+    fn log(&self, program: &str) -> PathBuf {
+        self.dir.join(format!("{program}.log"))
+    }
+}
+
+#[derive(Debug)]
+pub struct QemuVm {
+    qemu: Child,
+    vhost: Child,
+    vsock: HostVsock,
+    console: PathBuf,
+    run_dir: PathBuf,
+    echo: Option<tokio::task::JoinHandle<()>>,
+    exited: Option<VmExit>,
+}
+
+impl QemuVm {
+    /// The directory holding this VM's sockets and logs.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    async fn release(&mut self) {
+        self.vhost.kill().await;
+        if let Some(echo) = self.echo.take() {
+            // Let the echo print what the guest wrote last, then stop it.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            echo.abort();
+        }
+    }
+}
+
+impl Vm for QemuVm {
+    fn vsock(&self) -> &HostVsock {
+        &self.vsock
+    }
+
+    fn boot_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.qemu.pid()
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, VmError> {
+        if let Some(exit) = self.exited {
+            return Ok(Some(exit));
+        }
+        let Some(status) = self.qemu.wait_timeout(timeout).await.map_err(VmError::Wait)? else {
+            return Ok(None);
+        };
+        let exit = if status.success() { VmExit::GuestExit } else { VmExit::Failed(status) };
+        self.exited = Some(exit);
+        self.release().await;
+        Ok(Some(exit))
+    }
+
+    async fn kill(&mut self) -> Result<(), VmError> {
+        if self.exited.is_none() {
+            let status = self.qemu.kill().await;
+            self.exited = Some(match status {
+                Some(status) if status.success() => VmExit::GuestExit,
+                Some(status) => VmExit::Failed(status),
+                None => VmExit::GuestExit,
+            });
+        }
+        self.release().await;
+        Ok(())
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        // Children are killed on drop (see process::Child); the directory holds only sockets
+        // and logs of this VM.
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
