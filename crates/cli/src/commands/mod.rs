@@ -1,5 +1,6 @@
 //! One module per noun, one file per verb: thin adapters over vessel-runtime.
 
+mod rootfs;
 mod system;
 
 use crate::Context;
@@ -11,11 +12,24 @@ pub enum Command {
     /// Check and test this host
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Write ext4 root filesystem images from OCI layers
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootfsCommand {
+    /// Write an ext4 image from layer tarballs (or an empty journaled one)
+    Create(rootfs::CreateArgs),
 }
 
 pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::System(command) => system::run(command, context),
+        Command::Rootfs(RootfsCommand::Create(args)) => {
+            rootfs::create(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
