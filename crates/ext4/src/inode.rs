@@ -63,9 +63,14 @@ impl Default for Inode {
     }
 }
 
+pub const MIN_TIME: i64 = i32::MIN as i64;
+pub const MAX_TIME: i64 = i32::MAX as i64 + (3 << 32);
+
 /// Splits a timestamp into the 32-bit seconds field and the `_extra` field, which holds
 /// two epoch bits (seconds beyond the signed 32-bit range) and the nanoseconds.
+/// Times outside what ext4 can hold (1901-12-13 to 2446-05-10) are clamped, as the kernel does.
 pub fn encode_time(secs: i64, nsec: u32) -> (u32, u32) {
+    let secs = secs.clamp(MIN_TIME, MAX_TIME);
     let lo = secs as i32;
     let epoch = ((secs - lo as i64) >> 32) as u32 & 3;
     (lo as u32, epoch | (nsec.min(999_999_999) << 2))
@@ -158,10 +163,18 @@ mod tests {
 
     #[test]
     fn time_epochs() {
-        for t in [0i64, 1, -1, i32::MAX as i64, i32::MIN as i64, 1 << 32, (1 << 33) + 5, -5] {
+        for t in [0i64, 1, -1, i32::MAX as i64, i32::MIN as i64, 1 << 32, (1 << 33) + 5, -5, MAX_TIME] {
             let (lo, x) = encode_time(t, 123);
             assert_eq!(decode_time(lo, x), (t, 123), "{t}");
         }
+    }
+
+    #[test]
+    fn out_of_range_times_clamp() {
+        let (lo, x) = encode_time(i64::MIN, 0);
+        assert_eq!(decode_time(lo, x).0, MIN_TIME);
+        let (lo, x) = encode_time(i64::MAX, 0);
+        assert_eq!(decode_time(lo, x).0, MAX_TIME);
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl Tree {
         }
     }
 
+    /// A valid ext4 file name: 1..=255 bytes, no `/` or NUL, not `.` or `..`.
+    pub fn check_name(name: &[u8]) -> Result<()> {
+        check_name(name)
+    }
+
     /// Removes the entries of `dir` for which `keep` returns false.
     pub fn retain(&mut self, dir: NodeId, mut keep: impl FnMut(&[u8], NodeId) -> bool) {
         if let NodeKind::Dir(m) = &mut self.nodes[dir as usize].kind {

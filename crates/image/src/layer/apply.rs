@@ -150,8 +150,9 @@ fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, tag: u32
 
     if let Some(target) = name.strip_prefix(WHITEOUT) {
         let tree = b.tree_mut();
-        let Some(parent) = resolve_dir(tree, parent_comps, None).map_err(|e| invalid(e.to_string()))? else {
-            return Ok(0); // nothing below to hide
+        // A parent that does not resolve to a directory has nothing below it to hide.
+        let Ok(Some(parent)) = resolve_dir(tree, parent_comps, None) else {
+            return Ok(0);
         };
         if name == OPAQUE {
             make_opaque(tree, parent, tag);
