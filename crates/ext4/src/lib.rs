@@ -54,7 +54,7 @@ pub enum Ext4Error {
     SizeTooSmall { size: u64, min: u64 },
     #[error("image size {size} bytes is too large (the maximum is {max} bytes)")]
     SizeTooLarge { size: u64, max: u64 },
-    #[error("invalid file name {name:?}: {reason}")]
+    #[error("invalid file name: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("file is too large for ext4: {size} bytes (the maximum is {max} bytes)")]
     FileTooLarge { size: u64, max: u64 },
@@ -69,6 +69,8 @@ pub enum Ext4Error {
     XattrTooLarge { reason: String },
     #[error("invalid symlink target: {reason}")]
     InvalidSymlink { reason: &'static str },
+    #[error("inode {ino} has more than 65000 hard links")]
+    TooManyLinks { ino: u32 },
     #[error("directory {path:?} has too many entries for ext4 ({entries})")]
     DirTooLarge { path: String, entries: usize },
 }

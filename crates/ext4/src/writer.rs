@@ -442,10 +442,7 @@ impl Finisher {
                     *l = 1; // dir_nlink: "many"
                 }
             } else if *l > MAX_LINKS {
-                return Err(Ext4Error::InvalidName {
-                    name: format!("inode {}", self.ino_of[i]),
-                    reason: "more than 65000 hard links",
-                });
+                return Err(Ext4Error::TooManyLinks { ino: self.ino_of[i] });
             }
         }
         self.parent = parent;
