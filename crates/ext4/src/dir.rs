@@ -219,8 +219,11 @@ mod tests {
     #[test]
     fn small_dir_is_linear() {
         let ns = names(10);
-        let es: Vec<Entry<'_>> =
-            ns.iter().enumerate().map(|(i, n)| Entry { name: n, ino: 20 + i as u32, ftype: FT_REG }).collect();
+        let es: Vec<Entry<'_>> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Entry { name: n, ino: 20 + i as u32, ftype: FT_REG })
+            .collect();
         let d = build(12, 2, &es, &[1, 2, 3, 4], 0).unwrap();
         assert!(!d.indexed);
         let parsed = parse_block(&d.blocks[0]).unwrap();

@@ -206,8 +206,9 @@ mod tests {
 
     #[test]
     fn build_and_parse_two_levels() {
-        let exts: Vec<Extent> =
-            (0..2000u32).map(|i| Extent { logical: i * 2, physical: i as u64 * 3, len: 1 }).collect();
+        let exts: Vec<Extent> = (0..2000u32)
+            .map(|i| Extent { logical: i * 2, physical: i as u64 * 3, len: 1 })
+            .collect();
         let n = tree_blocks(exts.len());
         let nrs: Vec<u64> = (0..n as u64).map(|i| 1_000_000 + i).collect();
         let t = build(&exts, &nrs, 1, 12);

@@ -140,7 +140,11 @@ impl Inode {
             flags: get32(b, 0x20),
             block,
             file_acl: get32(b, 0x68) as u64 | (get16(b, 0x76) as u64) << 32,
-            ibody_xattrs: if ibody_start < b.len() { b[ibody_start..].to_vec() } else { Vec::new() },
+            ibody_xattrs: if ibody_start < b.len() {
+                b[ibody_start..].to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -163,7 +167,9 @@ mod tests {
 
     #[test]
     fn time_epochs() {
-        for t in [0i64, 1, -1, i32::MAX as i64, i32::MIN as i64, 1 << 32, (1 << 33) + 5, -5, MAX_TIME] {
+        for t in
+            [0i64, 1, -1, i32::MAX as i64, i32::MIN as i64, 1 << 32, (1 << 33) + 5, -5, MAX_TIME]
+        {
             let (lo, x) = encode_time(t, 123);
             assert_eq!(decode_time(lo, x), (t, 123), "{t}");
         }

@@ -174,10 +174,10 @@ impl Reader {
             for k in 0..e.len as u64 {
                 let b = self.read_block(e.physical + k)?;
                 let tail = b.len() - 12;
-                if get32(&b, tail) == 0 && get16(&b, tail + 4) == 12 && b[tail + 7] == 0xDE {
-                    if get32(&b, tail + 8) != crc32c(seed, &b[..tail]) {
-                        return Err(corrupt(format!("directory {ino} block checksum mismatch")));
-                    }
+                let has_tail =
+                    get32(&b, tail) == 0 && get16(&b, tail + 4) == 12 && b[tail + 7] == 0xDE;
+                if has_tail && get32(&b, tail + 8) != crc32c(seed, &b[..tail]) {
+                    return Err(corrupt(format!("directory {ino} block checksum mismatch")));
                 }
                 let ents = dir::parse_block(&b).ok_or_else(|| corrupt("bad directory block"))?;
                 for (child, _, name) in ents {
@@ -201,7 +201,10 @@ impl Reader {
                 DevNumbers { major: (old >> 8) & 0xFF, minor: old & 0xFF }
             } else {
                 let new = get32(&i.block, 4);
-                DevNumbers { major: (new >> 8) & 0xFFF, minor: (new & 0xFF) | ((new >> 12) & 0xFFF00) }
+                DevNumbers {
+                    major: (new >> 8) & 0xFFF,
+                    minor: (new & 0xFF) | ((new >> 12) & 0xFFF00),
+                }
             }
         };
         let kind = match i.mode & inode::S_IFMT {

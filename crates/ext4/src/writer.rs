@@ -155,9 +155,7 @@ impl Builder {
                 let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
                 (Some(blocks), 1 + gdt_blocks(groups), blocks)
             }
-            None => {
-                (None, 1 + gdt_blocks(AUTO_MAX_GROUPS), AUTO_MAX_GROUPS * BLOCKS_PER_GROUP)
-            }
+            None => (None, 1 + gdt_blocks(AUTO_MAX_GROUPS), AUTO_MAX_GROUPS * BLOCKS_PER_GROUP),
         };
         let now = opts.timestamp.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -192,7 +190,7 @@ impl Builder {
     }
 
     fn size_mib(&self) -> u64 {
-        self.alloc.limit() * BLOCK_SIZE >> 20
+        (self.alloc.limit() * BLOCK_SIZE) >> 20
     }
 
     /// Streams `size` bytes of file content from `r` to newly allocated blocks. Blocks
@@ -256,7 +254,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn is_zero(b: &[u8]) -> bool {
-    b.chunks_exact(16).fold(0u128, |a, c| a | u128::from_ne_bytes(c.try_into().unwrap_or([0; 16]))) == 0
+    b.chunks_exact(16).fold(0u128, |a, c| a | u128::from_ne_bytes(c.try_into().unwrap_or([0; 16])))
+        == 0
 }
 
 /// Creates an empty, journaled, writable filesystem of `size` bytes at `path`.
@@ -268,7 +267,10 @@ pub fn format_empty(path: &Path, size: u64, uuid: Option<[u8; 16]>) -> Result<Su
         .truncate(true)
         .open(path)
         .map_err(io_err("create"))?;
-    let b = Builder::new(file, BuildOptions { size: Some(size), journal: true, uuid, timestamp: None })?;
+    let b = Builder::new(
+        file,
+        BuildOptions { size: Some(size), journal: true, uuid, timestamp: None },
+    )?;
     b.finish()
 }
 
@@ -348,7 +350,8 @@ impl Finisher {
         out.flush()?;
         let uuid = opts.uuid.unwrap_or_else(random_bytes::<16>);
         let hs: [u8; 16] = random_bytes::<16>();
-        let hash_seed = [0, 4, 8, 12].map(|i| u32::from_le_bytes([hs[i], hs[i + 1], hs[i + 2], hs[i + 3]]));
+        let hash_seed =
+            [0, 4, 8, 12].map(|i| u32::from_le_bytes([hs[i], hs[i + 1], hs[i + 2], hs[i + 3]]));
         let csum_seed = crc32c(!0, &uuid);
         let mut f = Finisher {
             out,
@@ -469,7 +472,11 @@ impl Finisher {
                     }
                     emitted[c as usize] = true;
                 }
-                entries.push(Entry { name, ino: self.ino_of[c as usize], ftype: ftype(&child.kind) });
+                entries.push(Entry {
+                    name,
+                    ino: self.ino_of[c as usize],
+                    ftype: ftype(&child.kind),
+                });
             }
             let parent_ino = self.ino_of[self.parent[id as usize] as usize];
             let seed = inode_seed(self.csum_seed, ino as u32, 0);
@@ -513,7 +520,7 @@ impl Finisher {
             return Err(Ext4Error::TooManyInodes {
                 needed: self.inodes_needed(),
                 max: (BLOCKS_PER_GROUP * groups).min(u32::MAX as u64),
-                size_mib: blocks * BLOCK_SIZE >> 20,
+                size_mib: (blocks * BLOCK_SIZE) >> 20,
             });
         }
         let journal_blocks =
@@ -551,7 +558,7 @@ impl Finisher {
                 Some(p) => Ok((geo, p)),
                 None => Err(Ext4Error::NoSpace {
                     what: "metadata (inode tables, directories)".into(),
-                    size_mib: blocks * BLOCK_SIZE >> 20,
+                    size_mib: (blocks * BLOCK_SIZE) >> 20,
                 }),
             };
         }
@@ -587,7 +594,7 @@ impl Finisher {
                 blocks = total;
             }
         }
-        Err(Ext4Error::NoSpace { what: "metadata".into(), size_mib: blocks * BLOCK_SIZE >> 20 })
+        Err(Ext4Error::NoSpace { what: "metadata".into(), size_mib: (blocks * BLOCK_SIZE) >> 20 })
     }
 
     fn try_plan(&self, geo: &Geometry, alloc: &mut Alloc) -> Option<Plan> {
@@ -722,11 +729,13 @@ impl Finisher {
                 break;
             }
             let last = max_ino.min((g + 1) * geo.ipg);
-            let mut table = vec![0u8; ((last - first + 1) as usize * INODE_SIZE).next_multiple_of(BS)];
+            let mut table =
+                vec![0u8; ((last - first + 1) as usize * INODE_SIZE).next_multiple_of(BS)];
             for ino in first..=last {
                 let ino32 = ino as u32;
                 let inode = if ino32 == JOURNAL_INO && geo.journal_blocks > 0 {
-                    let t = extent::build(&p.journal_extents, &p.journal_tree, self.csum_seed, ino32);
+                    let t =
+                        extent::build(&p.journal_extents, &p.journal_tree, self.csum_seed, ino32);
                     for (nr, b) in &t.blocks {
                         used.push((*nr, 1));
                         self.out.put(*nr, b)?;
@@ -759,7 +768,8 @@ impl Finisher {
                 };
                 if let Some(inode) = inode {
                     let off = (ino - first) as usize * INODE_SIZE;
-                    table[off..off + INODE_SIZE].copy_from_slice(&inode.encode(self.csum_seed, ino32));
+                    table[off..off + INODE_SIZE]
+                        .copy_from_slice(&inode.encode(self.csum_seed, ino32));
                 }
             }
             let start = p.inode_table[g as usize];
@@ -845,8 +855,13 @@ impl Finisher {
             first_ino: FIRST_INO,
             inode_size: INODE_SIZE as u16,
             block_group_nr: 0,
-            feature_compat: COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | if journal { COMPAT_HAS_JOURNAL } else { 0 },
-            feature_incompat: INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG,
+            feature_compat: COMPAT_EXT_ATTR
+                | COMPAT_DIR_INDEX
+                | if journal { COMPAT_HAS_JOURNAL } else { 0 },
+            feature_incompat: INCOMPAT_FILETYPE
+                | INCOMPAT_EXTENTS
+                | INCOMPAT_64BIT
+                | INCOMPAT_FLEX_BG,
             feature_ro_compat: RO_COMPAT_SPARSE_SUPER
                 | RO_COMPAT_LARGE_FILE
                 | RO_COMPAT_HUGE_FILE
@@ -957,7 +972,12 @@ impl Finisher {
                     b[..n].copy_from_slice(&target[..n]);
                     self.out.put(nr, &b)?;
                     used.push((nr, 1));
-                    let t = extent::build(&[Extent { logical: 0, physical: nr, len: 1 }], &[], self.csum_seed, ino);
+                    let t = extent::build(
+                        &[Extent { logical: 0, physical: nr, len: 1 }],
+                        &[],
+                        self.csum_seed,
+                        ino,
+                    );
                     inode.flags = inode::FLAG_EXTENTS;
                     inode.block = t.root;
                     blocks = 1;

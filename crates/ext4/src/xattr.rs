@@ -13,12 +13,8 @@ const BLOCK_HEADER: usize = 32;
 /// Space after the in-inode magic word.
 const IBODY_SPACE: usize = INODE_SIZE - XATTR_IBODY_OFFSET - 4;
 
-const PREFIXES: &[(&[u8], u8)] = &[
-    (b"user.", 1),
-    (b"trusted.", 4),
-    (b"security.", 6),
-    (b"system.", 7),
-];
+const PREFIXES: &[(&[u8], u8)] =
+    &[(b"user.", 1), (b"trusted.", 4), (b"security.", 6), (b"system.", 7)];
 const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
@@ -87,7 +83,9 @@ fn to_disk(attrs: &[Xattr]) -> Result<Vec<Disk>> {
 /// Checks that a set of attributes can be stored (names supported, fits in one block).
 pub fn validate_xattrs(attrs: &[Xattr]) -> Result<()> {
     let d = to_disk(attrs)?;
-    let need = BLOCK_HEADER + 4 + d.iter().map(|a| entry_size(a.name.len()) + pad4(a.value.len())).sum::<usize>();
+    let need = BLOCK_HEADER
+        + 4
+        + d.iter().map(|a| entry_size(a.name.len()) + pad4(a.value.len())).sum::<usize>();
     if need > BS {
         return Err(Ext4Error::XattrTooLarge {
             reason: format!("{need} bytes needed, {BS} available"),
@@ -240,7 +238,7 @@ fn bad_acl() -> Ext4Error {
 /// Converts a POSIX ACL from the xattr wire format (version 2, 8-byte entries) to
 /// ext4's on-disk format (version 1, 4-byte entries unless they name a user or group).
 fn acl_to_disk(v: &[u8]) -> Result<Vec<u8>> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || get32(v, 0) != ACL_XATTR_VERSION {
+    if v.len() < 4 || v.len() % 8 != 4 || get32(v, 0) != ACL_XATTR_VERSION {
         return Err(bad_acl());
     }
     let mut out = ACL_DISK_VERSION.to_le_bytes().to_vec();
@@ -314,7 +312,9 @@ mod tests {
     #[test]
     fn acl_round_trip() {
         let mut v = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [(1u16, 7u16, u32::MAX), (2, 5, 1000), (4, 5, u32::MAX), (0x20, 4, u32::MAX)] {
+        for (tag, perm, id) in
+            [(1u16, 7u16, u32::MAX), (2, 5, 1000), (4, 5, u32::MAX), (0x20, 4, u32::MAX)]
+        {
             v.extend_from_slice(&tag.to_le_bytes());
             v.extend_from_slice(&perm.to_le_bytes());
             v.extend_from_slice(&id.to_le_bytes());

@@ -10,14 +10,22 @@ use vessel_ext4::reader::Reader;
 use vessel_ext4::*;
 
 fn e2fsck(path: &Path) {
-    let out = Command::new("/usr/sbin/e2fsck").arg("-fn").arg(path).output().expect("e2fsck must be installed");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("/usr/sbin/e2fsck")
+        .arg("-fn")
+        .arg(path)
+        .output()
+        .expect("e2fsck must be installed");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "e2fsck -fn failed:\n{text}");
 }
 
 fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next());
     assert_eq!(uid, Some("0"), "this test mounts images and must run as root (it does in CI)");
 }
 
@@ -29,7 +37,9 @@ fn run(cmd: &str, args: &[&str]) {
 #[test]
 fn empty_filesystems_of_many_sizes_pass_e2fsck() {
     let dir = tempfile::tempdir().unwrap();
-    for size in [8u64 << 20, 64 << 20, (128 << 20) + (300 << 12), 1 << 30, 6 << 30, (20 << 30) + 12345] {
+    for size in
+        [8u64 << 20, 64 << 20, (128 << 20) + (300 << 12), 1 << 30, 6 << 30, (20 << 30) + 12345]
+    {
         let p = dir.path().join(format!("fs-{size}"));
         let s = format_empty(&p, size, None).unwrap();
         assert!(s.size_bytes <= size && s.size_bytes > size - (2 << 20), "{size}: {s:?}");
@@ -103,7 +113,8 @@ impl Read for Pattern {
 fn file_over_4gib_with_deep_extent_tree() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.img");
-    let mut b = Builder::new(std::fs::File::create(&img).unwrap(), BuildOptions::default()).unwrap();
+    let mut b =
+        Builder::new(std::fs::File::create(&img).unwrap(), BuildOptions::default()).unwrap();
     let size = (4u64 << 30) + 12345;
     // 1400 data blocks separated by holes: more extents than one index level holds.
     let frag = 2800;

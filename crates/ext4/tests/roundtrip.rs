@@ -42,7 +42,10 @@ fn spec() -> impl Strategy<Value = Spec> {
         .prop_map(|v| v.into_iter().map(|b| if b == b'/' { b'_' } else { b }).collect::<Vec<u8>>())
         .prop_filter("not . or ..", |n| n != b"." && n != b"..");
     let xattrs = prop::collection::vec(
-        (prop::sample::select(vec!["user.a", "user.bb", "trusted.t", "security.s"]), prop::collection::vec(any::<u8>(), 0..700)),
+        (
+            prop::sample::select(vec!["user.a", "user.bb", "trusted.t", "security.s"]),
+            prop::collection::vec(any::<u8>(), 0..700),
+        ),
         0..3,
     )
     .prop_map(|v| {
@@ -52,13 +55,32 @@ fn spec() -> impl Strategy<Value = Spec> {
         }
         m.into_iter().collect::<Vec<_>>()
     });
-    (0usize..1000, name, kind, 0u16..0o10000, any::<u32>(), (i32::MIN as i64..i32::MAX as i64 + (3 << 32), 0u32..1_000_000_000), xattrs).prop_map(
-        |(parent, name, kind, mode, uid, (s, ns), xattrs)| Spec { parent, name, kind, mode, uid, mtime: (s, ns), xattrs },
+    (
+        0usize..1000,
+        name,
+        kind,
+        0u16..0o10000,
+        any::<u32>(),
+        (i32::MIN as i64..i32::MAX as i64 + (3 << 32), 0u32..1_000_000_000),
+        xattrs,
     )
+        .prop_map(|(parent, name, kind, mode, uid, (s, ns), xattrs)| Spec {
+            parent,
+            name,
+            kind,
+            mode,
+            uid,
+            mtime: (s, ns),
+            xattrs,
+        })
 }
 
 fn e2fsck(path: &std::path::Path) {
-    let out = Command::new("/usr/sbin/e2fsck").arg("-fn").arg(path).output().expect("e2fsck must be installed");
+    let out = Command::new("/usr/sbin/e2fsck")
+        .arg("-fn")
+        .arg(path)
+        .output()
+        .expect("e2fsck must be installed");
     assert!(
         out.status.success(),
         "e2fsck failed:\n{}{}",
@@ -70,14 +92,21 @@ fn e2fsck(path: &std::path::Path) {
 fn check(specs: Vec<Spec>, bulk: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img");
-    let mut b = Builder::new(std::fs::File::create(&path).unwrap(), BuildOptions::default()).unwrap();
+    let mut b =
+        Builder::new(std::fs::File::create(&path).unwrap(), BuildOptions::default()).unwrap();
     // Directories created so far, and every path -> (node, spec) for checking.
     let mut dirs: Vec<(NodeId, Vec<u8>)> = vec![(Tree::ROOT, Vec::new())];
     let mut files: Vec<NodeId> = Vec::new();
     let mut want: BTreeMap<Vec<u8>, NodeId> = BTreeMap::new();
-    let add_spec = |b: &mut Builder, s: &Spec, dirs: &mut Vec<(NodeId, Vec<u8>)>, files: &mut Vec<NodeId>, want: &mut BTreeMap<Vec<u8>, NodeId>| {
+    let add_spec = |b: &mut Builder,
+                    s: &Spec,
+                    dirs: &mut Vec<(NodeId, Vec<u8>)>,
+                    files: &mut Vec<NodeId>,
+                    want: &mut BTreeMap<Vec<u8>, NodeId>| {
         let (parent, ppath) = dirs[s.parent % dirs.len()].clone();
-        if b.tree().lookup(parent, &s.name).is_some() || (parent == Tree::ROOT && s.name == b"lost+found") {
+        if b.tree().lookup(parent, &s.name).is_some()
+            || (parent == Tree::ROOT && s.name == b"lost+found")
+        {
             return;
         }
         let t = |(s, n): (i64, u32)| Timestamp { secs: s, nsec: n };
@@ -87,7 +116,11 @@ fn check(specs: Vec<Spec>, bulk: usize) {
             gid: s.uid / 3,
             mtime: t(s.mtime),
             atime: t(s.mtime),
-            xattrs: s.xattrs.iter().map(|(k, v)| Xattr { name: k.as_bytes().to_vec(), value: v.clone() }).collect(),
+            xattrs: s
+                .xattrs
+                .iter()
+                .map(|(k, v)| Xattr { name: k.as_bytes().to_vec(), value: v.clone() })
+                .collect(),
         };
         let id = match &s.kind {
             K::Hard(i) if !files.is_empty() => files[i % files.len()],
@@ -95,7 +128,9 @@ fn check(specs: Vec<Spec>, bulk: usize) {
             k => {
                 let kind = match k {
                     K::Dir => NodeKind::Dir(Default::default()),
-                    K::File(d) => NodeKind::File(b.write_file(&mut &d[..], d.len() as u64).unwrap()),
+                    K::File(d) => {
+                        NodeKind::File(b.write_file(&mut &d[..], d.len() as u64).unwrap())
+                    }
                     K::Link(t) => NodeKind::Symlink(t.clone()),
                     K::Chr(a, m) => NodeKind::CharDev(DevNumbers { major: *a, minor: *m }),
                     K::Fifo => NodeKind::Fifo,
@@ -138,7 +173,8 @@ fn check(specs: Vec<Spec>, bulk: usize) {
     e2fsck(&path);
 
     let r = Reader::open(&path).unwrap();
-    let got: BTreeMap<Vec<u8>, _> = r.walk().unwrap().into_iter().filter(|(p, _)| p != b"lost+found").collect();
+    let got: BTreeMap<Vec<u8>, _> =
+        r.walk().unwrap().into_iter().filter(|(p, _)| p != b"lost+found").collect();
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
     let mut inos: BTreeMap<NodeId, u32> = BTreeMap::new();
     for (p, &id) in &want {
@@ -176,7 +212,8 @@ fn check(specs: Vec<Spec>, bulk: usize) {
             assert_eq!(data.len() as u64, f.size);
             let name = p.rsplit(|&b| b == b'/').next().unwrap().to_vec();
             if let Some(d) = contents.get(&name) {
-                if d.len() as u64 == f.size && specs.iter().filter(|s| s.name == name).count() == 1 {
+                if d.len() as u64 == f.size && specs.iter().filter(|s| s.name == name).count() == 1
+                {
                     assert_eq!(&data, *d);
                 }
             }

@@ -17,7 +17,12 @@ fn main() {
         vessel_image::create_rootfs(&output, &layers, &opts, &mut |_| {})
     };
     match r {
-        Ok(s) => eprintln!("{}: {} MiB, {} inodes", output.display(), s.size_bytes >> 20, s.inodes - s.free_inodes),
+        Ok(s) => eprintln!(
+            "{}: {} MiB, {} inodes",
+            output.display(),
+            s.size_bytes >> 20,
+            s.inodes - s.free_inodes
+        ),
         Err(e) => {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);

@@ -87,10 +87,10 @@ fn persist(tmp: NamedTempFile, output: &Path) -> Result<(), RootfsError> {
 }
 
 fn builder_for(tmp: &NamedTempFile, opts: BuildOptions) -> Result<Builder, RootfsError> {
-    let file = tmp.as_file().try_clone().map_err(|source| RootfsError::Create {
-        dir: tmp.path().to_path_buf(),
-        source,
-    })?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|source| RootfsError::Create { dir: tmp.path().to_path_buf(), source })?;
     Ok(Builder::new(file, opts)?)
 }
 
@@ -104,7 +104,12 @@ pub fn create_rootfs(
     let tmp = temp_beside(output)?;
     let mut b = builder_for(
         &tmp,
-        BuildOptions { size: opts.size, journal: false, uuid: opts.uuid, timestamp: opts.timestamp },
+        BuildOptions {
+            size: opts.size,
+            journal: false,
+            uuid: opts.uuid,
+            timestamp: opts.timestamp,
+        },
     )?;
     for (index, path) in layers.iter().enumerate() {
         let name = path.display().to_string();
@@ -113,9 +118,8 @@ pub fn create_rootfs(
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let count = Rc::new(Cell::new(0u64));
         let counting = Counting { inner: file, count: count.clone() };
-        let (_, mut r) = layer::compression::decoder(counting).map_err(|source| {
-            LayerError::Corrupt { layer: name.clone(), entry: None, source }
-        })?;
+        let (_, mut r) = layer::compression::decoder(counting)
+            .map_err(|source| LayerError::Corrupt { layer: name.clone(), entry: None, source })?;
         let n = layers.len();
         let mut report = |s: &layer::LayerStats| {
             progress(Progress::Layer {
@@ -136,11 +140,20 @@ pub fn create_rootfs(
 }
 
 /// Writes an empty, journaled, writable filesystem of `size` bytes to `output`.
-pub fn create_empty(output: &Path, size: u64, opts: &RootfsOptions) -> Result<Summary, RootfsError> {
+pub fn create_empty(
+    output: &Path,
+    size: u64,
+    opts: &RootfsOptions,
+) -> Result<Summary, RootfsError> {
     let tmp = temp_beside(output)?;
     let b = builder_for(
         &tmp,
-        BuildOptions { size: Some(size), journal: true, uuid: opts.uuid, timestamp: opts.timestamp },
+        BuildOptions {
+            size: Some(size),
+            journal: true,
+            uuid: opts.uuid,
+            timestamp: opts.timestamp,
+        },
     )?;
     let summary = b.finish()?;
     persist(tmp, output)?;

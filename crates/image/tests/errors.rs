@@ -57,7 +57,12 @@ fn truncated_layer_names_layer_and_entry() {
     let t = tar(&sample(), Flavour::Pax);
     let l = layer_file(dir.path(), "short.tar", &t[..t.len() / 2 + 100]);
     let msg = fails(&[l], None);
-    assert!(msg.contains("short.tar") && msg.contains("corrupt or truncated") && msg.contains("etc/file"), "{msg}");
+    assert!(
+        msg.contains("short.tar")
+            && msg.contains("corrupt or truncated")
+            && msg.contains("etc/file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -77,9 +82,16 @@ fn corrupt_gzip_is_reported() {
 #[test]
 fn full_filesystem_names_entry_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let l = layer_file(dir.path(), "big.tar", &tar(&[E::file("huge", &vec![1u8; 12 << 20])], Flavour::Pax));
+    let l = layer_file(
+        dir.path(),
+        "big.tar",
+        &tar(&[E::file("huge", &vec![1u8; 12 << 20])], Flavour::Pax),
+    );
     let msg = fails(&[l], Some(8 << 20));
-    assert!(msg.contains("\"huge\"") && msg.contains("filesystem full") && msg.contains("--size"), "{msg}");
+    assert!(
+        msg.contains("\"huge\"") && msg.contains("filesystem full") && msg.contains("--size"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -90,7 +102,11 @@ fn unrepresentable_entries_are_errors() {
     let msg = fails(&[l], None);
     assert!(msg.contains("longer than 255 bytes"), "{msg}");
 
-    let l = layer_file(dir.path(), "x.tar", &tar(&[E::file("f", b"x").xattr("user.big", &[0; 5000])], Flavour::Pax));
+    let l = layer_file(
+        dir.path(),
+        "x.tar",
+        &tar(&[E::file("f", b"x").xattr("user.big", &[0; 5000])], Flavour::Pax),
+    );
     let msg = fails(&[l], None);
     assert!(msg.contains("\"f\"") && msg.contains("attributes"), "{msg}");
 
@@ -102,9 +118,19 @@ fn unrepresentable_entries_are_errors() {
 #[test]
 fn names_never_escape_the_root() {
     let dir = tempfile::tempdir().unwrap();
-    let mut evil = tar(&[E::dir("etc"), E::symlink("escape", "../../../../.."), E::symlink("abs", "/etc")], Flavour::Gnu);
+    let mut evil = tar(
+        &[E::dir("etc"), E::symlink("escape", "../../../../.."), E::symlink("abs", "/etc")],
+        Flavour::Gnu,
+    );
     // tar-rs refuses to write ".." names, so patch them in: same length as "aa/aa/etc/evil".
-    let mut second = tar(&[E::file("aa/aa/etc/evil", b"1"), E::file("escape/inside", b"2"), E::file("abs/passwd", b"3")], Flavour::Gnu);
+    let mut second = tar(
+        &[
+            E::file("aa/aa/etc/evil", b"1"),
+            E::file("escape/inside", b"2"),
+            E::file("abs/passwd", b"3"),
+        ],
+        Flavour::Gnu,
+    );
     let pos = second.windows(14).position(|w| w == b"aa/aa/etc/evil").unwrap();
     second[pos..pos + 14].copy_from_slice(b"../../etc/evil");
     // Recompute the header checksum after the patch.
@@ -117,8 +143,12 @@ fn names_never_escape_the_root() {
     let out = dir.path().join("img");
     create_rootfs(&out, &[l1, l2], &RootfsOptions::default(), &mut |_| {}).unwrap();
     let r = Reader::open(&out).unwrap();
-    let paths: Vec<(String, Kind)> =
-        r.walk().unwrap().into_iter().map(|(p, s)| (String::from_utf8(p).unwrap(), s.kind)).collect();
+    let paths: Vec<(String, Kind)> = r
+        .walk()
+        .unwrap()
+        .into_iter()
+        .map(|(p, s)| (String::from_utf8(p).unwrap(), s.kind))
+        .collect();
     let has = |p: &str| paths.iter().any(|(q, k)| q == p && *k == Kind::File);
     assert!(has("etc/evil") && has("inside") && has("etc/passwd"), "{paths:?}");
 }

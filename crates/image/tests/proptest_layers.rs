@@ -88,7 +88,14 @@ impl Model {
                 Some(true) => {}
                 Some(false) => return false,
                 None => {
-                    self.inodes.push(Ino { kind: Kind::Dir, data: vec![], perm: 0o755, uid: 0, mtime: (0, 0), layer });
+                    self.inodes.push(Ino {
+                        kind: Kind::Dir,
+                        data: vec![],
+                        perm: 0o755,
+                        uid: 0,
+                        mtime: (0, 0),
+                        layer,
+                    });
                     self.paths.insert(p[..n].to_vec(), self.inodes.len() - 1);
                 }
             }
@@ -140,7 +147,11 @@ impl Model {
             Op::Hardlink(p, t) => {
                 let (p, t) = (s(p), s(t));
                 let &ti = self.paths.get(&t)?;
-                if self.inodes[ti].kind == Kind::Dir || p == t || p.starts_with(&t) || t.starts_with(&p) {
+                if self.inodes[ti].kind == Kind::Dir
+                    || p == t
+                    || p.starts_with(&t)
+                    || t.starts_with(&p)
+                {
                     return None;
                 }
                 if !self.parents(&p, layer) {
@@ -156,12 +167,30 @@ impl Model {
                     Op::Dir(p, m) => {
                         let ps = s(p);
                         let e = E::dir(&ps.join("/")).mode(*m as u32).mtime(mtime.0, mtime.1);
-                        (ps, Ino { kind: Kind::Dir, data: vec![], perm: *m, uid: 0, mtime, layer }, e)
+                        (
+                            ps,
+                            Ino { kind: Kind::Dir, data: vec![], perm: *m, uid: 0, mtime, layer },
+                            e,
+                        )
                     }
                     Op::File(p, c, m, u) => {
                         let ps = s(p);
-                        let e = E::file(&ps.join("/"), c).mode(*m as u32).owner(*u as u64, 0).mtime(mtime.0, mtime.1);
-                        (ps, Ino { kind: Kind::File, data: c.clone(), perm: *m, uid: *u, mtime, layer }, e)
+                        let e = E::file(&ps.join("/"), c)
+                            .mode(*m as u32)
+                            .owner(*u as u64, 0)
+                            .mtime(mtime.0, mtime.1);
+                        (
+                            ps,
+                            Ino {
+                                kind: Kind::File,
+                                data: c.clone(),
+                                perm: *m,
+                                uid: *u,
+                                mtime,
+                                layer,
+                            },
+                            e,
+                        )
                     }
                     Op::Symlink(p, t) => {
                         let ps = s(p);
@@ -172,7 +201,18 @@ impl Model {
                     Op::Fifo(p) => {
                         let ps = s(p);
                         let e = E::fifo(&ps.join("/")).mtime(mtime.0, mtime.1);
-                        (ps, Ino { kind: Kind::Fifo, data: vec![], perm: 0o644, uid: 0, mtime, layer }, e)
+                        (
+                            ps,
+                            Ino {
+                                kind: Kind::Fifo,
+                                data: vec![],
+                                perm: 0o644,
+                                uid: 0,
+                                mtime,
+                                layer,
+                            },
+                            e,
+                        )
                     }
                     _ => unreachable!(),
                 };
@@ -202,7 +242,9 @@ fn check(layers: Vec<Vec<Op>>) {
         let entries: Vec<E> = ops
             .iter()
             .enumerate()
-            .filter_map(|(oi, op)| model.apply(op, layer, (1_000_000 + (li * 100 + oi) as i64, oi as u32 * 7)))
+            .filter_map(|(oi, op)| {
+                model.apply(op, layer, (1_000_000 + (li * 100 + oi) as i64, oi as u32 * 7))
+            })
             .collect();
         let f = work.path().join(format!("l{li}.tar"));
         std::fs::write(&f, tar(&entries, Flavour::Pax)).unwrap();
@@ -211,7 +253,8 @@ fn check(layers: Vec<Vec<Op>>) {
     let image = work.path().join("img");
     create_rootfs(&image, &files, &RootfsOptions::default(), &mut |_| {}).unwrap();
     let r = Reader::open(&image).unwrap();
-    let got: BTreeMap<Vec<u8>, _> = r.walk().unwrap().into_iter().filter(|(p, _)| p != b"lost+found").collect();
+    let got: BTreeMap<Vec<u8>, _> =
+        r.walk().unwrap().into_iter().filter(|(p, _)| p != b"lost+found").collect();
     let want: BTreeMap<Vec<u8>, usize> =
         model.paths.iter().map(|(k, &i)| (k.join("/").into_bytes(), i)).collect();
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());

@@ -50,7 +50,9 @@ fn base_layer() -> Vec<E> {
         E::dir("bin"),
         E::file("bin/sh", &pseudo_random(1 << 20, 1)).mode(0o755),
         E::file("bin/su", &pseudo_random(5000, 2)).mode(0o4755),
-        E::file("bin/ping", &pseudo_random(3000, 3)).mode(0o755).xattr("security.capability", &capability()),
+        E::file("bin/ping", &pseudo_random(3000, 3))
+            .mode(0o755)
+            .xattr("security.capability", &capability()),
         E::dir("tmp").mode(0o1777),
         E::dir("var").mode(0o2775).owner(0, 50),
         E::dir("var/log"),
@@ -66,9 +68,7 @@ fn base_layer() -> Vec<E> {
         E::file("data/bigids", b"b").owner(70000, 80000),
         E::file("data/nanos", b"n").mtime(1_700_000_000, 123_456_789),
         E::file("data/y2100", b"y").mtime(4_102_444_800, 5),
-        E::file("data/xattrs", b"x")
-            .xattr("user.small", b"1")
-            .xattr("trusted.t", b"trusted value"),
+        E::file("data/xattrs", b"x").xattr("user.small", b"1").xattr("trusted.t", b"trusted value"),
         E::file("data/bigxattr", b"x").xattr("user.big", &[7u8; 300]).xattr("user.other", b"v"),
         E::dir("lnk"),
         E::symlink("lnk/short", "../etc/passwd"),
@@ -92,7 +92,10 @@ fn base_layer() -> Vec<E> {
         E::dir("bigdir"),
     ];
     for i in 0..3000 {
-        v.push(E::file(&format!("bigdir/entry-with-a-long-name-{i:05}"), format!("{i}").as_bytes()));
+        v.push(E::file(
+            &format!("bigdir/entry-with-a-long-name-{i:05}"),
+            format!("{i}").as_bytes(),
+        ));
     }
     v
 }
@@ -170,7 +173,11 @@ fn layer_stack_uncompressed() {
 
 #[test]
 fn layer_stack_gzip_and_zstd() {
-    let (l1, l2, l3) = (tar(&base_layer(), Flavour::Pax), tar(&second_layer(), Flavour::Pax), tar(&third_layer(), Flavour::Gnu));
+    let (l1, l2, l3) = (
+        tar(&base_layer(), Flavour::Pax),
+        tar(&second_layer(), Flavour::Pax),
+        tar(&third_layer(), Flavour::Gnu),
+    );
     check_against_umoci_of(
         vec![(common::gzip(&l1), GZIP), (common::zstd(&l2), ZSTD), (common::zstd(&l3), ZSTD)],
         vec![(common::gzip(&l1), GZIP), (common::gzip(&l2), GZIP), (l3, TAR)],

@@ -52,14 +52,16 @@ struct Bar {
 impl Bar {
     fn update(&mut self, p: Progress<'_>) {
         let finishing = matches!(p, Progress::Finishing);
-        if !self.enabled || (!finishing && self.shown && self.last.elapsed() < Duration::from_millis(100)) {
+        if !self.enabled
+            || (!finishing && self.shown && self.last.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         self.last = Instant::now();
         self.shown = true;
         let line = match p {
             Progress::Layer { index, count, read, total, entries, .. } => {
-                let pct = if total > 0 { read.saturating_mul(100) / total } else { 0 };
+                let pct = read.saturating_mul(100).checked_div(total).unwrap_or(0);
                 format!("layer {}/{count}: {pct:>3}% ({entries} entries)", index + 1)
             }
             Progress::Finishing => "writing metadata".to_string(),
@@ -83,7 +85,8 @@ pub fn create(args: CreateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create filesystem {out}"))?;
         return Ok(());
     }
-    let mut bar = Bar { enabled: std::io::stderr().is_terminal(), last: Instant::now(), shown: false };
+    let mut bar =
+        Bar { enabled: std::io::stderr().is_terminal(), last: Instant::now(), shown: false };
     let result = create_rootfs(&args.output, &args.layers, &opts, &mut |p| bar.update(p));
     bar.done();
     result.with_context(|| format!("cannot create root filesystem {out}"))?;

@@ -97,11 +97,16 @@ fn timestamp(secs: u64) -> Timestamp {
 }
 
 fn id(v: u64, what: &str) -> Result<u32, Fail> {
-    u32::try_from(v).map_err(|_| invalid(format!("{what} {v} is too large (the maximum is 4294967295)")))
+    u32::try_from(v)
+        .map_err(|_| invalid(format!("{what} {v} is too large (the maximum is 4294967295)")))
 }
 
 /// Applies one entry; returns the file bytes it stored.
-fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, tag: u32) -> Result<u64, Fail> {
+fn apply_entry<R: Read>(
+    b: &mut Builder,
+    entry: &mut tar::Entry<'_, R>,
+    tag: u32,
+) -> Result<u64, Fail> {
     let etype = entry.header().entry_type();
     if matches!(etype, EntryType::XGlobalHeader) {
         return Ok(0);
@@ -196,7 +201,9 @@ fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, tag: u32
         EntryType::Symlink => {
             let target = link.ok_or_else(|| invalid("symlink without a target"))?;
             if target.is_empty() || target.len() > MAX_SYMLINK || target.contains(&0) {
-                return Err(invalid("symlink target is empty, longer than 4095 bytes or contains NUL"));
+                return Err(invalid(
+                    "symlink target is empty, longer than 4095 bytes or contains NUL",
+                ));
             }
             NodeKind::Symlink(target)
         }
@@ -227,7 +234,12 @@ fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, tag: u32
         EntryType::Char => NodeKind::CharDev(dev),
         EntryType::Block => NodeKind::BlockDev(dev),
         EntryType::Fifo => NodeKind::Fifo,
-        other => return Err(invalid(format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+        other => {
+            return Err(invalid(format!(
+                "unsupported tar entry type {:?}",
+                other.as_byte() as char
+            )))
+        }
     };
     let bytes = match &kind {
         NodeKind::File(f) => f.size,

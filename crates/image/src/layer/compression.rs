@@ -40,7 +40,10 @@ pub fn decoder<'a, R: Read + 'a>(r: R) -> io::Result<(Compression, Box<dyn Read 
     let mut br = BufReader::with_capacity(256 << 10, r);
     let head = br.fill_buf()?;
     let c = detect(head).map_err(|name| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{name}-compressed layers are not supported"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name}-compressed layers are not supported"),
+        )
     })?;
     let d: Box<dyn Read + 'a> = match c {
         Compression::None => Box::new(br),
@@ -71,7 +74,9 @@ mod tests {
         gz.write_all(&data).unwrap();
         let gz = gz.finish().unwrap();
         let zs = zstd::encode_all(&data[..], 1).unwrap();
-        for (bytes, want) in [(gz, Compression::Gzip), (zs, Compression::Zstd), (data.clone(), Compression::None)] {
+        for (bytes, want) in
+            [(gz, Compression::Gzip), (zs, Compression::Zstd), (data.clone(), Compression::None)]
+        {
             let (c, mut r) = decoder(&bytes[..]).unwrap();
             assert_eq!(c, want);
             let mut out = Vec::new();

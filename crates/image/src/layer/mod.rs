@@ -8,8 +8,8 @@
 
 mod apply;
 pub mod compression;
-mod pax;
 pub mod path;
+mod pax;
 
 use std::io;
 

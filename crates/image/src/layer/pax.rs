@@ -20,7 +20,10 @@ pub fn parse_time(v: &[u8]) -> Option<Timestamp> {
         None => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let secs: i64 = int.parse().ok()?;
@@ -67,7 +70,10 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(parse_time(b"1700000000.123456789"), Some(Timestamp { secs: 1_700_000_000, nsec: 123_456_789 }));
+        assert_eq!(
+            parse_time(b"1700000000.123456789"),
+            Some(Timestamp { secs: 1_700_000_000, nsec: 123_456_789 })
+        );
         assert_eq!(parse_time(b"5.5"), Some(Timestamp { secs: 5, nsec: 500_000_000 }));
         assert_eq!(parse_time(b"-1.25"), Some(Timestamp { secs: -2, nsec: 750_000_000 }));
         assert_eq!(parse_time(b"12"), Some(Timestamp { secs: 12, nsec: 0 }));
@@ -77,11 +83,8 @@ mod tests {
 
     #[test]
     fn records() {
-        let recs: Vec<(&[u8], &[u8])> = vec![
-            (b"uid", b"70000"),
-            (b"SCHILY.xattr.user.a", b"v"),
-            (b"mtime", b"1.000000001"),
-        ];
+        let recs: Vec<(&[u8], &[u8])> =
+            vec![(b"uid", b"70000"), (b"SCHILY.xattr.user.a", b"v"), (b"mtime", b"1.000000001")];
         let p = parse(recs.into_iter());
         assert_eq!(p.uid, Some(70000));
         assert_eq!(p.xattrs.len(), 1);

@@ -26,7 +26,15 @@ pub struct E {
 
 impl E {
     fn new(path: &str, kind: Kind, mode: u32) -> E {
-        E { path: path.into(), kind, mode, uid: 0, gid: 0, mtime: (1_600_000_000, 0), xattrs: vec![] }
+        E {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: (1_600_000_000, 0),
+            xattrs: vec![],
+        }
     }
     pub fn dir(path: &str) -> E {
         E::new(path, Kind::Dir, 0o755)

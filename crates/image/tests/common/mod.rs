@@ -33,11 +33,22 @@ fn tool(name: &str) -> PathBuf {
 /// Runs `e2fsck -fn` and panics with its output unless it found no problem at all.
 pub fn e2fsck(image: &Path) {
     let out = Command::new(tool("e2fsck")).arg("-fn").arg(image).output().expect("run e2fsck");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "e2fsck -fn {} failed ({}):\n{text}", image.display(), out.status);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} failed ({}):\n{text}",
+        image.display(),
+        out.status
+    );
     let problems: Vec<&str> = text
         .lines()
-        .filter(|l| !(l.is_empty() || l.starts_with("Pass ") || l.starts_with("e2fsck ") || l.contains(" files (")))
+        .filter(|l| {
+            !(l.is_empty()
+                || l.starts_with("Pass ")
+                || l.starts_with("e2fsck ")
+                || l.contains(" files ("))
+        })
         .collect();
     assert!(problems.is_empty(), "e2fsck reported problems on {}:\n{text}", image.display());
 }

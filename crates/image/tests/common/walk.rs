@@ -57,7 +57,8 @@ pub fn snapshot(root: &Path, skip: &[&str]) -> Tree {
         for ent in std::fs::read_dir(&dir).unwrap() {
             let ent = ent.unwrap();
             let p = ent.path();
-            let rel = String::from_utf8_lossy(p.strip_prefix(root).unwrap().as_os_str().as_bytes()).into_owned();
+            let rel = String::from_utf8_lossy(p.strip_prefix(root).unwrap().as_os_str().as_bytes())
+                .into_owned();
             if skip.contains(&rel.as_str()) {
                 continue;
             }
@@ -92,7 +93,8 @@ pub fn snapshot(root: &Path, skip: &[&str]) -> Tree {
                 size: if kind == 'f' || kind == 'l' { m.size() } else { 0 },
                 sha256: if kind == 'f' { sha(&p) } else { String::new() },
                 link: if kind == 'l' {
-                    String::from_utf8_lossy(std::fs::read_link(&p).unwrap().as_os_str().as_bytes()).into_owned()
+                    String::from_utf8_lossy(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())
+                        .into_owned()
                 } else {
                     String::new()
                 },
@@ -135,7 +137,10 @@ pub fn diff(want: &Tree, got: &Tree) -> Vec<String> {
         }
     }
     if want.hardlinks != got.hardlinks {
-        out.push(format!("hard links differ:\n  want {:?}\n  got  {:?}", want.hardlinks, got.hardlinks));
+        out.push(format!(
+            "hard links differ:\n  want {:?}\n  got  {:?}",
+            want.hardlinks, got.hardlinks
+        ));
     }
     out
 }
