@@ -9,4 +9,4 @@ pub mod layer;
 pub mod rootfs;
 
 pub use layer::LayerError;
-pub use rootfs::{create_empty, create_rootfs, Progress, RootfsOptions};
+pub use rootfs::{create_empty, create_rootfs, Progress, RootfsError, RootfsOptions};
