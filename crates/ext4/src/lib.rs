@@ -13,6 +13,7 @@ mod alloc;
 pub mod checksum;
 mod dir;
 mod extent;
+mod finish;
 mod group;
 mod htree;
 mod inode;

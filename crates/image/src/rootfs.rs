@@ -1,5 +1,5 @@
 //! Writing a complete root filesystem image from layer files, atomically: the image is
-//! built under a temporary name in the output's directory and renamed into place only
+//! built in an unnamed temporary file in the output's directory and given its name only
 //! when complete, so a failed or interrupted run never leaves a partial OUTPUT.
 
 use std::cell::Cell;
@@ -65,33 +65,88 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-fn temp_beside(output: &Path) -> Result<NamedTempFile, RootfsError> {
-    let dir = match output.parent() {
+/// The image under construction. Preferably an unnamed `O_TMPFILE` file, which vanishes
+/// by itself if the process dies; a named `.OUTPUT.XXXX.partial` file where the
+/// filesystem has no `O_TMPFILE`.
+enum Temp {
+    Anonymous { file: File, dir: PathBuf },
+    Named(NamedTempFile),
+}
+
+fn out_dir(output: &Path) -> PathBuf {
+    match output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+fn temp_beside(output: &Path) -> Result<Temp, RootfsError> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = out_dir(output);
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    if let Ok(fd) = rustix::fs::open(&dir, flags, Mode::from_raw_mode(0o644)) {
+        return Ok(Temp::Anonymous { file: File::from(fd), dir });
+    }
     let base = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     tempfile::Builder::new()
         .prefix(&format!(".{base}."))
         .suffix(".partial")
         .tempfile_in(&dir)
+        .map(Temp::Named)
         .map_err(|source| RootfsError::Create { dir, source })
 }
 
-fn persist(tmp: NamedTempFile, output: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let perm = |source| RootfsError::Persist { path: output.to_path_buf(), source };
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(perm)?;
-    tmp.persist(output).map_err(|e| perm(e.error))?;
-    Ok(())
+impl Temp {
+    fn file(&self) -> Result<File, RootfsError> {
+        let (f, dir) = match self {
+            Temp::Anonymous { file, dir } => (file, dir.clone()),
+            Temp::Named(t) => (t.as_file(), t.path().to_path_buf()),
+        };
+        f.try_clone().map_err(|source| RootfsError::Create { dir, source })
+    }
+
+    /// Gives the finished image its name, replacing any previous OUTPUT atomically.
+    fn persist(self, output: &Path) -> Result<(), RootfsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |source| RootfsError::Persist { path: output.to_path_buf(), source };
+        match self {
+            Temp::Anonymous { file, dir } => {
+                use std::os::fd::AsRawFd;
+                // linkat(2) cannot replace a file: link under a unique name, then rename.
+                let base = output
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tmp_name = dir.join(format!(".{base}.{}.partial", std::process::id()));
+                let _ = std::fs::remove_file(&tmp_name);
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
+                    rustix::fs::CWD,
+                    &tmp_name,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(|e| err(e.into()))?;
+                if let Err(e) = std::fs::rename(&tmp_name, output) {
+                    let _ = std::fs::remove_file(&tmp_name);
+                    return Err(err(e));
+                }
+                Ok(())
+            }
+            Temp::Named(tmp) => {
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .map_err(err)?;
+                tmp.persist(output).map_err(|e| err(e.error))?;
+                Ok(())
+            }
+        }
+    }
 }
 
-fn builder_for(tmp: &NamedTempFile, opts: BuildOptions) -> Result<Builder, RootfsError> {
-    let file = tmp
-        .as_file()
-        .try_clone()
-        .map_err(|source| RootfsError::Create { dir: tmp.path().to_path_buf(), source })?;
-    Ok(Builder::new(file, opts)?)
+fn builder_for(tmp: &Temp, opts: BuildOptions) -> Result<Builder, RootfsError> {
+    Ok(Builder::new(tmp.file()?, opts)?)
 }
 
 /// Builds `output` from `layers` (applied in order; gzip, zstd or uncompressed).
@@ -135,7 +190,7 @@ pub fn create_rootfs(
     }
     progress(Progress::Finishing);
     let summary = b.finish()?;
-    persist(tmp, output)?;
+    tmp.persist(output)?;
     Ok(summary)
 }
 
@@ -156,6 +211,6 @@ pub fn create_empty(
         },
     )?;
     let summary = b.finish()?;
-    persist(tmp, output)?;
+    tmp.persist(output)?;
     Ok(summary)
 }
