@@ -2,11 +2,11 @@
 //! built in an unnamed temporary file in the output's directory and given its name only
 //! when complete, so a failed or interrupted run never leaves a partial OUTPUT.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tempfile::NamedTempFile;
 use vessel_ext4::{BuildOptions, Builder, Ext4Error, Summary};
@@ -54,13 +54,13 @@ pub enum RootfsError {
 
 struct Counting<R> {
     inner: R,
-    count: Rc<Cell<u64>>,
+    count: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -171,9 +171,9 @@ pub fn create_rootfs(
         let open = |source| LayerError::Open { layer: name.clone(), source };
         let file = File::open(path).map_err(open)?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let count = Rc::new(Cell::new(0u64));
+        let count = Arc::new(AtomicU64::new(0));
         let counting = Counting { inner: file, count: count.clone() };
-        let (_, mut r) = layer::compression::decoder(counting)
+        let (_, mut r) = layer::compression::threaded_decoder(counting)
             .map_err(|source| LayerError::Corrupt { layer: name.clone(), entry: None, source })?;
         let n = layers.len();
         let mut report = |s: &layer::LayerStats| {
@@ -181,7 +181,7 @@ pub fn create_rootfs(
                 index,
                 count: n,
                 name: &name,
-                read: count.get(),
+                read: count.load(Ordering::Relaxed),
                 total,
                 entries: s.entries,
             })
