@@ -74,9 +74,8 @@ pub fn mount_kernel_filesystems() -> Result<(), MountError> {
             nix::unistd::mkdir(m.path, Mode::from_bits_truncate(0o755))
                 .map_err(|source| MountError::CreateDir { path: m.path, source })?;
         }
-        mount(Some(m.fstype), m.path, Some(m.fstype), m.flags, m.data).map_err(|source| {
-            MountError::Mount { fstype: m.fstype, path: m.path, source }
-        })?;
+        mount(Some(m.fstype), m.path, Some(m.fstype), m.flags, m.data)
+            .map_err(|source| MountError::Mount { fstype: m.fstype, path: m.path, source })?;
     }
     Ok(())
 }

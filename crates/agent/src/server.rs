@@ -62,6 +62,9 @@ impl Agent for AgentService {
 pub async fn run() -> Result<(), ServeError> {
     let listener = vsock::listen(ports::AGENT)
         .map_err(|source| ServeError::Listen { port: ports::AGENT, source })?;
+    let echo = vsock::listen(ports::ECHO)
+        .map_err(|source| ServeError::Listen { port: ports::ECHO, source })?;
+    tokio::spawn(vsock::serve_echo(echo));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready_uptime_ms = u64::try_from(uptime().as_millis()).unwrap_or(u64::MAX);
     let service = AgentService { ready_uptime_ms, shutdown: shutdown_tx };

@@ -59,6 +59,22 @@ pub async fn accept(listener: &VsockListener) -> io::Result<HostConnection> {
     Ok(HostConnection(stream))
 }
 
+/// Serves the echo port: every connection gets its own bytes back until it closes.
+pub async fn serve_echo(listener: VsockListener) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let (reader, mut writer) = tokio::io::split(HostConnection(stream));
+            // The host closes the connection once it has its bytes back: an error here is
+            // the normal end.
+            // Large reads make large writes, so this exercises MAX_GUEST_WRITE.
+            let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
+            let _ = tokio::io::copy_buf(&mut reader, &mut writer).await;
+            let _ = writer.shutdown().await;
+        });
+    }
+}
+
 /// Tells the host the agent serves, so the host never polls for it.
 pub async fn announce_ready() -> io::Result<()> {
     let mut stream = VsockStream::connect(VsockAddr::new(HOST_CID, ports::READY)).await?;

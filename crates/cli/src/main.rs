@@ -32,7 +32,8 @@ pub struct Context {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.debug { "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug" } else { "warn" };
+    let filter =
+        if cli.debug { "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VESSEL_LOG")

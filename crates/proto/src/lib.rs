@@ -13,6 +13,9 @@ pub mod ports {
     pub const AGENT: u32 = 1024;
     /// The agent connects here (host listens) once it serves, so the host need not poll.
     pub const READY: u32 = 1025;
+    /// Echoes every byte back on the same connection: proves the stream path (the one
+    /// process stdio will take) end to end, and measures it.
+    pub const ECHO: u32 = 1026;
 }
 
 /// The vsock CID of the host, as the guest sees it.

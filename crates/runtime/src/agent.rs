@@ -37,9 +37,11 @@ impl AgentClient {
     }
 
     pub async fn info(&mut self) -> Result<InfoResponse, RuntimeError> {
-        let response = self.grpc.info(InfoRequest {}).await.map_err(|status| {
-            RuntimeError::AgentCall { call: "Info", status: Box::new(status) }
-        })?;
+        let response = self
+            .grpc
+            .info(InfoRequest {})
+            .await
+            .map_err(|status| RuntimeError::AgentCall { call: "Info", status: Box::new(status) })?;
         Ok(response.into_inner())
     }
 

@@ -26,9 +26,9 @@ impl CheckItem {
 /// Every check, in the order a user should fix them. Nothing here changes the host.
 pub fn run(host: &Host) -> Vec<CheckItem> {
     let program = |env: &str, name: &str, fix: &str| {
-        find_program(env, name, "").map(|p| p.display().to_string()).map_err(|_| {
-            (format!("{name} not found in PATH"), fix.to_string())
-        })
+        find_program(env, name, "")
+            .map(|p| p.display().to_string())
+            .map_err(|_| (format!("{name} not found in PATH"), fix.to_string()))
     };
     vec![
         CheckItem::new(
@@ -51,9 +51,9 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
         ),
         CheckItem::new(
             "vessel-init",
-            host.init().map(|p| p.display().to_string()).map_err(|err| {
-                (err.to_string(), "scripts/build".to_string())
-            }),
+            host.init()
+                .map(|p| p.display().to_string())
+                .map_err(|err| (err.to_string(), "scripts/build".to_string())),
         ),
         CheckItem::new("accelerator", accel()),
         CheckItem::new(

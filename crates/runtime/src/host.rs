@@ -44,7 +44,7 @@ impl Host {
     }
 
     /// vessel-init, statically linked: `VESSEL_INIT`, else the installed one, else the one
-    /// a cargo build of this workspace made (`--target x86_64-unknown-linux-gnu`; the plain
+    /// a cargo build of this workspace made (`--profile guest --target x86_64-unknown-linux-gnu`; the plain
     /// target dir holds a dynamically linked build that cannot run as the guest's PID 1).
     pub fn init(&self) -> Result<PathBuf, RuntimeError> {
         if let Some(path) = std::env::var_os("VESSEL_INIT") {
@@ -58,12 +58,13 @@ impl Host {
                 }),
             };
         }
-        let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let exe_dir =
+            std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
         let mut candidates = vec![PathBuf::from(INSTALLED_INIT)];
         if let Some(dir) = exe_dir {
             candidates.push(dir.join("vessel-init"));
-            // target/{debug,release}/vessel → target/x86_64-unknown-linux-gnu/release/
-            candidates.push(dir.join("../x86_64-unknown-linux-gnu/release/vessel-init"));
+            // target/{debug,release}/vessel → target/x86_64-unknown-linux-gnu/guest/
+            candidates.push(dir.join("../x86_64-unknown-linux-gnu/guest/vessel-init"));
         }
         candidates.sort_by_key(|path| std::cmp::Reverse(modified(path)));
         for candidate in candidates {

@@ -7,6 +7,7 @@ pub mod check;
 pub mod host;
 pub mod sandbox;
 pub mod selftest;
+pub mod transfer;
 
 pub use host::Host;
 

@@ -55,6 +55,7 @@ impl Sandbox {
         let backend = QemuBackend::discover(host.tsc_cache())?;
         let kernel = host.kernel()?;
         let init = host.init()?;
+        reap_abandoned_vm_dirs(host);
         let run_dir = host.vm_run_dir(&options.name);
         if run_dir.exists() {
             return Err(RuntimeError::Io {
@@ -64,9 +65,16 @@ impl Sandbox {
             });
         }
         // Until the VM owns the directory, a failure must remove it here.
-        let initramfs = write_initramfs(&init, &run_dir).inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&run_dir);
-        })?;
+        let initramfs = write_initramfs(&init, &run_dir)
+            .and_then(|path| {
+                let owner = run_dir.join(OWNER_FILE);
+                std::fs::write(&owner, std::process::id().to_string())
+                    .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
+                Ok(path)
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&run_dir);
+            })?;
         let config = VmConfig {
             name: options.name.clone(),
             kernel,
@@ -121,20 +129,50 @@ impl Sandbox {
     }
 
     /// Asks the agent to power off, waits, and kills the VM if it does not end in time.
-    /// Returns how the VM ended.
-    pub async fn shutdown(mut self, timeout: Duration) -> Result<VmExit, RuntimeError> {
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<Stopped, RuntimeError> {
         if let Err(err) = self.agent.shutdown().await {
             tracing::warn!(error = %err, "agent shutdown failed; killing the VM");
         }
-        match self.vm.wait(timeout).await? {
-            Some(exit) => Ok(exit),
+        let exit = match self.vm.wait(timeout).await? {
+            Some(exit) => exit,
             None => {
                 tracing::warn!(?timeout, "the guest did not power off in time; killing the VM");
                 self.vm.kill().await?;
-                Ok(self.vm.wait(Duration::ZERO).await?.unwrap_or(VmExit::GuestExit))
+                self.vm.wait(Duration::ZERO).await?.unwrap_or(VmExit::GuestExit)
             }
+        };
+        // Read before the VM (and its directory) is dropped.
+        let console = std::fs::read_to_string(self.vm.boot_log()).unwrap_or_default();
+        Ok(Stopped { exit, console })
+    }
+}
+
+/// Names the process that owns a VM directory; a directory whose owner is gone was left by
+/// a process that was killed outright (SIGKILL), and its VM died with it (PR_SET_PDEATHSIG).
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes VM directories whose owning process no longer exists.
+fn reap_abandoned_vm_dirs(host: &Host) {
+    let Ok(entries) = std::fs::read_dir(host.run.join("vm")) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).ok();
+        let alive = owner
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            tracing::debug!(dir = %dir.display(), "removing an abandoned VM directory");
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
+}
+
+/// A sandbox whose VM has ended.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub exit: VmExit,
+    /// Everything the guest printed on its console.
+    pub console: String,
 }
 
 /// Waits for the agent's "ready" call, or for the VM to end or the deadline to pass.
@@ -177,7 +215,10 @@ async fn wait_ready(vm: &mut QemuVm, ready: tokio::net::UnixListener) -> Result<
     }
 }
 
-fn write_initramfs(init: &std::path::Path, run_dir: &std::path::Path) -> Result<PathBuf, RuntimeError> {
+fn write_initramfs(
+    init: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<PathBuf, RuntimeError> {
     let io_err = |action, path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| RuntimeError::Io { action, path, source }

@@ -5,7 +5,7 @@ use crate::sandbox::{Sandbox, SandboxOptions, SHUTDOWN_TIMEOUT};
 use crate::{Host, RuntimeError};
 use serde::Serialize;
 use std::time::Instant;
-use vessel_vm::{Accel, VmExit};
+use vessel_vm::{Accel, Vm, VmExit};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SelftestReport {
@@ -24,30 +24,44 @@ pub struct SelftestReport {
     pub off_ms: f64,
     /// Whether the guest powered itself off (as opposed to being killed).
     pub clean_shutdown: bool,
+    /// Bytes echoed through one vsock stream each way, when asked for.
+    pub transfer_bytes: u64,
+    /// Throughput of that echo, each way at once.
+    pub transfer_mb_per_second: Option<f64>,
+    /// What the guest printed on its console, start to power-off.
+    pub console: String,
 }
 
-pub async fn run(
-    host: &Host,
-    accel: Accel,
-    cpus: u32,
-    memory_mib: u32,
-    echo_console: bool,
-) -> Result<SelftestReport, RuntimeError> {
-    let name = format!("selftest-{}", std::process::id());
-    let mut options = SandboxOptions::new(name);
-    options.accel = accel;
-    options.cpus = cpus;
-    options.memory_mib = memory_mib;
-    options.echo_console = echo_console;
-    let mut sandbox = Sandbox::start(host, options).await?;
+#[derive(Debug, Clone)]
+pub struct SelftestOptions {
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Echo this many bytes through vsock after Info (0: none).
+    pub transfer_bytes: u64,
+    pub echo_console: bool,
+}
+
+pub async fn run(host: &Host, options: SelftestOptions) -> Result<SelftestReport, RuntimeError> {
+    let mut sandbox_options = SandboxOptions::new(format!("selftest-{}", std::process::id()));
+    sandbox_options.accel = options.accel;
+    sandbox_options.cpus = options.cpus;
+    sandbox_options.memory_mib = options.memory_mib;
+    sandbox_options.echo_console = options.echo_console;
+    let mut sandbox = Sandbox::start(host, sandbox_options).await?;
     let started = sandbox.started;
     let ready_ms = ms(sandbox.ready_after);
     let info = sandbox.agent().info().await?;
     let info_ms = ms(started.elapsed());
-    let exit = sandbox.shutdown(SHUTDOWN_TIMEOUT).await?;
+    let transfer = if options.transfer_bytes > 0 {
+        Some(crate::transfer::echo(sandbox.vm().vsock(), options.transfer_bytes).await?)
+    } else {
+        None
+    };
+    let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await?;
     let off_ms = ms(Instant::now().duration_since(started));
     Ok(SelftestReport {
-        accel: accel.resolve().to_string(),
+        accel: options.accel.resolve().to_string(),
         kernel_release: info.kernel_release,
         agent_version: info.agent_version,
         cpus: info.cpus_online,
@@ -56,7 +70,10 @@ pub async fn run(
         ready_ms,
         info_ms,
         off_ms,
-        clean_shutdown: exit == VmExit::GuestExit,
+        clean_shutdown: stopped.exit == VmExit::GuestExit,
+        transfer_bytes: options.transfer_bytes,
+        transfer_mb_per_second: transfer.map(|t| t.mb_per_second()),
+        console: stopped.console,
     })
 }
 

@@ -73,10 +73,8 @@ mod tests {
         write(&mut bytes, b"#!/bin/sh\necho hi\n").unwrap();
         assert_eq!(bytes.len() % 4, 0);
         std::fs::write(&path, &bytes).unwrap();
-        let Ok(output) = std::process::Command::new("cpio")
-            .args(["-itv", "-F"])
-            .arg(&path)
-            .output()
+        let Ok(output) =
+            std::process::Command::new("cpio").args(["-itv", "-F"]).arg(&path).output()
         else {
             panic!("cpio is needed for this test (apt-get install cpio)");
         };

@@ -36,7 +36,19 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
 /// A runtime for commands that talk to VMs. Single-threaded on purpose: VM processes are
 /// tied to the thread that starts them (PR_SET_PDEATHSIG), so that thread must live as long
 /// as they do.
+///
+/// SIGINT and SIGTERM drop the future, so whatever it owns (VMs, their files) is cleaned up
+/// before the process exits.
 pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(runtime.block_on(future))
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            output = future => Ok(output),
+            _ = interrupt.recv() => anyhow::bail!("interrupted"),
+            _ = terminate.recv() => anyhow::bail!("terminated"),
+        }
+    })
 }

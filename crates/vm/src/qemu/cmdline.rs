@@ -136,10 +136,7 @@ pub fn qemu_args(
         }
     }
     // Deny the syscalls QEMU never needs (spawning, privilege changes, obsolete calls).
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
+    push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
     args
 }
 
@@ -195,7 +192,9 @@ mod tests {
     fn disks_keep_their_order_and_mode() {
         let args = qemu_args(&config(2), Accel::Tcg, Path::new("/v"), Path::new("/c"), 1);
         let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("id=disk")).collect();
-        assert!(drives[0].starts_with("id=disk0,file=/d0,,x,") && drives[0].contains("readonly=on"));
+        assert!(
+            drives[0].starts_with("id=disk0,file=/d0,,x,") && drives[0].contains("readonly=on")
+        );
         assert!(drives[1].contains("readonly=off"));
     }
 

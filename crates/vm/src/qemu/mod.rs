@@ -247,4 +247,3 @@ impl Drop for QemuVm {
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
-

@@ -20,9 +20,11 @@ impl Child {
         let name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
         let program_name = name.into_owned();
         let open_log = || {
-            std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|source| {
-                VmError::RunDir { path: log.to_path_buf(), source }
-            })
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|source| VmError::RunDir { path: log.to_path_buf(), source })
         };
         let mut command = tokio::process::Command::new(program);
         command

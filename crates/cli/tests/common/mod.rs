@@ -1,0 +1,67 @@
+//! Shared helpers for the CLI's end-to-end tests: they run the real `vessel` binary, which
+//! boots real VMs. Nothing here skips: a missing QEMU or kernel fails the test with the
+//! command that fixes it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn vessel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vessel"))
+}
+
+/// A state root of its own for one test, removed at the end.
+pub struct TestRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
+        TestRoot { dir: tempfile::Builder::new().prefix("vessel-test-").tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(vessel_bin());
+        command.arg("--root").arg(self.path()).args(args);
+        command
+    }
+
+    /// Runs vessel and returns its output, failing the test if it cannot start.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cannot run the vessel binary")
+    }
+
+    /// Runs vessel, expecting success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "vessel {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+/// Processes whose command line mentions `needle` (our VMs name their state root in theirs).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    found
+}
