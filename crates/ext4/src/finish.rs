@@ -305,6 +305,7 @@ impl Finisher {
             let ratio = blocks * BLOCK_SIZE / INODE_RATIO;
             let geo = self.geometry_for(blocks, needed.max(ratio))?;
             let mut alloc = self.alloc.clone();
+            alloc.set_limit(blocks);
             return match self.try_plan(&geo, &mut alloc) {
                 Some(p) => Ok((geo, p)),
                 None => Err(Ext4Error::NoSpace {

@@ -144,7 +144,14 @@ impl Builder {
             Some(size) => {
                 let blocks = fixed_geometry(size, opts.journal)?;
                 let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
-                (Some(blocks), 1 + gdt_blocks(groups), blocks)
+                // Keep room for inode tables and bitmaps (at mke2fs's inode ratio), so
+                // that running out of space is reported at the file that did it.
+                let ipg = (blocks * BLOCK_SIZE / INODE_RATIO)
+                    .div_ceil(groups)
+                    .next_multiple_of(INODES_PER_BLOCK)
+                    .clamp(INODES_PER_BLOCK, BLOCKS_PER_GROUP);
+                let meta = groups * (2 + ipg / INODES_PER_BLOCK) + 64;
+                (Some(blocks), 1 + gdt_blocks(groups), blocks.saturating_sub(meta))
             }
             None => (None, 1 + gdt_blocks(AUTO_MAX_GROUPS), AUTO_MAX_GROUPS * BLOCKS_PER_GROUP),
         };
@@ -181,7 +188,7 @@ impl Builder {
     }
 
     fn size_mib(&self) -> u64 {
-        (self.alloc.limit() * BLOCK_SIZE) >> 20
+        (self.fixed_blocks.unwrap_or(self.alloc.limit()) * BLOCK_SIZE) >> 20
     }
 
     /// Streams `size` bytes of file content from `r` to newly allocated blocks. Blocks

@@ -129,3 +129,35 @@ fn file_over_4gib_with_deep_extent_tree() {
     let st = r.walk().unwrap().into_iter().find(|(n, _)| n == b"big").unwrap().1;
     assert_eq!(st.size, size);
 }
+
+#[test]
+fn huge_directory_gets_two_level_htree() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("dir.img");
+    let mut b =
+        Builder::new(std::fs::File::create(&img).unwrap(), BuildOptions::default()).unwrap();
+    let d = b.tree_mut().add(Node {
+        meta: Metadata { mode: 0o755, ..Default::default() },
+        kind: NodeKind::Dir(Default::default()),
+        tag: 0,
+    });
+    b.tree_mut().insert(Tree::ROOT, b"d", d).unwrap();
+    let f = b.tree_mut().add(Node {
+        meta: Metadata { mode: 0o644, ..Default::default() },
+        kind: NodeKind::Fifo,
+        tag: 0,
+    });
+    // ~64 bytes per entry, 63 per block: about 950 leaf blocks, more than one index
+    // block (507 entries) can address.
+    let n = 60_000;
+    for i in 0..n {
+        let name = format!("{i:08}-{}", "n".repeat(48));
+        b.tree_mut().insert(d, name.as_bytes(), f).unwrap();
+    }
+    b.finish().unwrap();
+    e2fsck(&img);
+    let r = Reader::open(&img).unwrap();
+    let ents =
+        r.read_dir(r.walk().unwrap().iter().find(|(p, _)| p == b"d").unwrap().1.ino).unwrap();
+    assert_eq!(ents.len(), n);
+}

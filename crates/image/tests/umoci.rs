@@ -135,6 +135,10 @@ fn check_against_umoci(layers: Vec<(Vec<u8>, &str)>) {
 /// As above, with umoci given its own encoding of the same layers (umoci 0.4.7 cannot
 /// read zstd).
 fn check_against_umoci_of(layers: Vec<(Vec<u8>, &str)>, for_umoci: Vec<(Vec<u8>, &str)>) {
+    check_sized(layers, for_umoci, None)
+}
+
+fn check_sized(layers: Vec<(Vec<u8>, &str)>, for_umoci: Vec<(Vec<u8>, &str)>, size: Option<u64>) {
     common::require_root();
     let work = tempfile::tempdir().unwrap();
     let mut files: Vec<PathBuf> = Vec::new();
@@ -144,7 +148,11 @@ fn check_against_umoci_of(layers: Vec<(Vec<u8>, &str)>, for_umoci: Vec<(Vec<u8>,
         files.push(p);
     }
     let image = work.path().join("rootfs.ext4");
-    create_rootfs(&image, &files, &RootfsOptions::default(), &mut |_| {}).unwrap();
+    let opts = RootfsOptions { size, ..Default::default() };
+    create_rootfs(&image, &files, &opts, &mut |_| {}).unwrap();
+    if let Some(size) = size {
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), size);
+    }
     common::e2fsck(&image);
     let rootfs = common::umoci_unpack(work.path(), &for_umoci);
     let want = snapshot(&rootfs, &[]);
@@ -182,4 +190,11 @@ fn layer_stack_gzip_and_zstd() {
         vec![(common::gzip(&l1), GZIP), (common::zstd(&l2), ZSTD), (common::zstd(&l3), ZSTD)],
         vec![(common::gzip(&l1), GZIP), (common::gzip(&l2), GZIP), (l3, TAR)],
     );
+}
+
+#[test]
+fn fixed_size_image() {
+    let l =
+        vec![(tar(&base_layer(), Flavour::Pax), TAR), (tar(&second_layer(), Flavour::Pax), TAR)];
+    check_sized(l.clone(), l, Some(300 << 20));
 }

@@ -266,3 +266,47 @@ fn make_opaque(tree: &mut Tree, dir: NodeId, tag: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree_with(names: &[(&str, u32, bool)]) -> (Tree, NodeId) {
+        let mut t = Tree::new(Metadata::default());
+        let d = t.add(Node {
+            meta: Metadata::default(),
+            kind: NodeKind::Dir(Default::default()),
+            tag: 1,
+        });
+        t.insert(Tree::ROOT, b"d", d).unwrap();
+        for &(n, tag, dir) in names {
+            let kind = if dir { NodeKind::Dir(Default::default()) } else { NodeKind::Fifo };
+            let id = t.add(Node { meta: Metadata::default(), kind, tag });
+            t.insert(d, n.as_bytes(), id).unwrap();
+        }
+        (t, d)
+    }
+
+    #[test]
+    fn opaque_keeps_only_this_layer() {
+        let (mut t, d) = tree_with(&[
+            ("old", 1, false),
+            ("new", 2, false),
+            ("olddir", 1, true),
+            ("newdir", 2, true),
+        ]);
+        let newdir = t.lookup(d, b"newdir").unwrap();
+        let stale = t.add(Node { meta: Metadata::default(), kind: NodeKind::Fifo, tag: 1 });
+        t.insert(newdir, b"stale", stale).unwrap();
+        make_opaque(&mut t, d, 2);
+        let names: Vec<&[u8]> = t.children(d).map(|(n, _)| n).collect();
+        assert_eq!(names, vec![&b"new"[..], b"newdir"]);
+        assert_eq!(t.children(newdir).count(), 0);
+    }
+
+    #[test]
+    fn ids_must_fit() {
+        assert!(id(u32::MAX as u64, "uid").is_ok());
+        assert!(id(u32::MAX as u64 + 1, "uid").is_err());
+    }
+}
