@@ -198,3 +198,48 @@ fn fixed_size_image() {
         vec![(tar(&base_layer(), Flavour::Pax), TAR), (tar(&second_layer(), Flavour::Pax), TAR)];
     check_sized(l.clone(), l, Some(300 << 20));
 }
+
+/// GNU tar's sparse entries (type 'S'), as `tar --sparse` writes them.
+#[test]
+fn gnu_sparse_files() {
+    use std::os::unix::fs::FileExt;
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("t");
+    std::fs::create_dir(&tree).unwrap();
+    let f = std::fs::File::create(tree.join("sparse")).unwrap();
+    f.set_len(50 << 20).unwrap();
+    f.write_all_at(b"middle", 20 << 20).unwrap();
+    f.write_all_at(&[9u8; 10000], (50 << 20) - 10000).unwrap();
+    drop(f);
+    let out = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "--owner=0", "--group=0", "-cf", "-", "-C"])
+        .arg(&tree)
+        .arg("sparse")
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success());
+    assert_eq!(out.stdout[156], b'S', "tar did not write a sparse entry");
+    // umoci cannot read GNU sparse entries: GNU tar's own extraction is the reference.
+    common::require_root();
+    let work = tempfile::tempdir().unwrap();
+    let layer = work.path().join("layer.tar");
+    std::fs::write(&layer, &out.stdout).unwrap();
+    let want_dir = work.path().join("want");
+    std::fs::create_dir(&want_dir).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xpf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&want_dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let image = work.path().join("img");
+    create_rootfs(&image, &[layer], &RootfsOptions::default(), &mut |_| {}).unwrap();
+    common::e2fsck(&image);
+    let mount = common::Mount::ro(&image);
+    assert_same(&snapshot(&want_dir, &[]), &snapshot(mount.path(), &["lost+found"]));
+    use std::os::unix::fs::MetadataExt;
+    let blocks = std::fs::metadata(mount.path().join("sparse")).unwrap().blocks();
+    assert!(blocks * 512 < 1 << 20, "the file is not sparse in the image: {blocks} sectors");
+}
