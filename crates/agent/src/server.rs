@@ -5,7 +5,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use vessel_proto::agent::agent_server::{Agent, AgentServer};
-use vessel_proto::agent::{InfoRequest, InfoResponse, ShutdownRequest, ShutdownResponse};
+use vessel_proto::agent::{
+    InfoRequest, InfoResponse, MountRequest, MountResponse, ReadDirRequest, ReadDirResponse,
+    ShutdownRequest, ShutdownResponse,
+};
 use vessel_proto::ports;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,22 @@ impl Agent for AgentService {
         log::info(format_args!("shutdown requested by the host"));
         let _ = self.shutdown.send(true);
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn mount(
+        &self,
+        request: Request<MountRequest>,
+    ) -> Result<Response<MountResponse>, Status> {
+        crate::fs::mount_request(request.get_ref())?;
+        Ok(Response::new(MountResponse {}))
+    }
+
+    async fn read_dir(
+        &self,
+        request: Request<ReadDirRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let entries = crate::fs::read_dir(&request.get_ref().path)?;
+        Ok(Response::new(ReadDirResponse { entries }))
     }
 }
 

@@ -4,7 +4,9 @@ use crate::RuntimeError;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use vessel_proto::agent::agent_client::AgentClient as GrpcClient;
-use vessel_proto::agent::{InfoRequest, InfoResponse, ShutdownRequest};
+use vessel_proto::agent::{
+    DirEntry, InfoRequest, InfoResponse, MountRequest, ReadDirRequest, ShutdownRequest,
+};
 use vessel_proto::ports;
 use vessel_vm::vsock::HostVsock;
 
@@ -43,6 +45,24 @@ impl AgentClient {
             .await
             .map_err(|status| RuntimeError::AgentCall { call: "Info", status: Box::new(status) })?;
         Ok(response.into_inner())
+    }
+
+    /// Mounts `request.source` on `request.target` in the guest.
+    pub async fn mount(&mut self, request: MountRequest) -> Result<(), RuntimeError> {
+        self.grpc.mount(request).await.map_err(|status| RuntimeError::AgentCall {
+            call: "Mount",
+            status: Box::new(status),
+        })?;
+        Ok(())
+    }
+
+    /// Lists a guest directory (symlinks not followed), sorted by name.
+    pub async fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, RuntimeError> {
+        let response =
+            self.grpc.read_dir(ReadDirRequest { path: path.to_string() }).await.map_err(
+                |status| RuntimeError::AgentCall { call: "ReadDir", status: Box::new(status) },
+            )?;
+        Ok(response.into_inner().entries)
     }
 
     /// Asks the guest to sync and power off. The VM ends shortly after the reply.

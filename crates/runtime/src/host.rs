@@ -61,10 +61,11 @@ impl Host {
         let exe_dir =
             std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
         let mut candidates = vec![PathBuf::from(INSTALLED_INIT)];
-        if let Some(dir) = exe_dir {
+        // Beside the binary, or in the cargo target dir it was built in: target/debug/vessel
+        // and test binaries in target/debug/deps both reach target/x86_64-unknown-linux-gnu/.
+        for dir in exe_dir.iter().flat_map(|dir| dir.ancestors().take(3)) {
             candidates.push(dir.join("vessel-init"));
-            // target/{debug,release}/vessel → target/x86_64-unknown-linux-gnu/guest/
-            candidates.push(dir.join("../x86_64-unknown-linux-gnu/guest/vessel-init"));
+            candidates.push(dir.join("x86_64-unknown-linux-gnu/guest/vessel-init"));
         }
         candidates.sort_by_key(|path| std::cmp::Reverse(modified(path)));
         for candidate in candidates {
