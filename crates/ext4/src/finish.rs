@@ -710,6 +710,11 @@ impl Finisher {
                 blocks = f.allocated_blocks() + tree_nrs.len() as u64;
             }
             NodeKind::Symlink(target) => {
+                if target.is_empty() || target.len() >= BS || target.contains(&0) {
+                    return Err(Ext4Error::InvalidSymlink {
+                        reason: "targets must be 1 to 4095 bytes without NUL",
+                    });
+                }
                 inode.mode |= inode::S_IFLNK;
                 inode.size = target.len() as u64;
                 if target.len() < 60 {
@@ -717,8 +722,7 @@ impl Finisher {
                 } else {
                     let nr = p.symlink_block[&ino];
                     let mut b = vec![0u8; BS];
-                    let n = target.len().min(BS);
-                    b[..n].copy_from_slice(&target[..n]);
+                    b[..target.len()].copy_from_slice(target);
                     self.out.put(nr, &b)?;
                     used.push((nr, 1));
                     let t = extent::build(

@@ -68,6 +68,10 @@ pub enum Ext4Error {
     },
     #[error("extended attributes do not fit in one block: {reason}")]
     XattrTooLarge { reason: String },
+    #[error("unsupported extended attribute {name:?} (only user., trusted., security. and system. are kept)")]
+    XattrName { name: String },
+    #[error("malformed POSIX ACL in extended attribute {name:?}")]
+    BadAcl { name: String },
     #[error("invalid symlink target: {reason}")]
     InvalidSymlink { reason: &'static str },
     #[error("inode {ino} has more than 65000 hard links")]

@@ -66,13 +66,14 @@ fn pad4(n: usize) -> usize {
 fn to_disk(attrs: &[Xattr]) -> Result<Vec<Disk>> {
     let mut v = Vec::with_capacity(attrs.len());
     for a in attrs {
-        let (index, suffix) = split_name(&a.name).ok_or_else(|| Ext4Error::XattrTooLarge {
-            reason: format!(
-                "unsupported attribute name {:?} (only user., trusted., security. and system. are kept)",
-                String::from_utf8_lossy(&a.name)
-            ),
-        })?;
-        let value = if index == 2 || index == 3 { acl_to_disk(&a.value)? } else { a.value.clone() };
+        let show = || String::from_utf8_lossy(&a.name).into_owned();
+        let (index, suffix) =
+            split_name(&a.name).ok_or_else(|| Ext4Error::XattrName { name: show() })?;
+        let value = if index == 2 || index == 3 {
+            acl_to_disk(&a.value).ok_or_else(|| Ext4Error::BadAcl { name: show() })?
+        } else {
+            a.value.clone()
+        };
         v.push(Disk { index, name: suffix.to_vec(), value });
     }
     // Blocks must be sorted: the kernel stops its lookup at the first larger entry.
@@ -231,15 +232,11 @@ const ACL_DISK_VERSION: u32 = 1;
 const ACL_USER: u16 = 0x02;
 const ACL_GROUP: u16 = 0x08;
 
-fn bad_acl() -> Ext4Error {
-    Ext4Error::XattrTooLarge { reason: "malformed POSIX ACL value".into() }
-}
-
 /// Converts a POSIX ACL from the xattr wire format (version 2, 8-byte entries) to
 /// ext4's on-disk format (version 1, 4-byte entries unless they name a user or group).
-fn acl_to_disk(v: &[u8]) -> Result<Vec<u8>> {
+fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
     if v.len() < 4 || v.len() % 8 != 4 || get32(v, 0) != ACL_XATTR_VERSION {
-        return Err(bad_acl());
+        return None;
     }
     let mut out = ACL_DISK_VERSION.to_le_bytes().to_vec();
     for e in v[4..].chunks_exact(8) {
@@ -249,7 +246,7 @@ fn acl_to_disk(v: &[u8]) -> Result<Vec<u8>> {
             out.extend_from_slice(&e[4..8]);
         }
     }
-    Ok(out)
+    Some(out)
 }
 
 fn acl_from_disk(v: &[u8]) -> Option<Vec<u8>> {
