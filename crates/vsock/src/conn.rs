@@ -42,20 +42,13 @@ pub struct Owed {
     pub response: bool,
     pub credit_update: bool,
     pub credit_request: bool,
-    /// OP_SHUTDOWN with SHUTDOWN_SEND: the host stream ended.
-    pub shutdown: bool,
     /// OP_RST, after which the connection is gone.
     pub rst: bool,
 }
 
 impl Owed {
     pub fn any(&self) -> bool {
-        self.request
-            || self.response
-            || self.credit_update
-            || self.credit_request
-            || self.shutdown
-            || self.rst
+        self.request || self.response || self.credit_update || self.credit_request || self.rst
     }
 }
 

@@ -109,7 +109,9 @@ impl Muxer {
     /// Handles every ready host stream and the listener, without blocking.
     pub fn process_host_events(&mut self) {
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
-        loop {
+        // Until nothing is ready (a stream accepted now may already hold its handshake),
+        // within bounds: the daemon's epoll calls us again while ours is readable.
+        for _ in 0..16 {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -126,7 +128,7 @@ impl Muxer {
                     self.host_event(token, event.event_set());
                 }
             }
-            if n < EVENTS_PER_WAIT {
+            if n == 0 {
                 return;
             }
         }
@@ -610,4 +612,251 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path)?;
     connect(fd.as_raw_fd(), &addr)?;
     Ok(UnixStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The muxer between a fake guest (packets in, RX buffers out) and real Unix streams.
+    use super::*;
+    use crate::conn::BUF_ALLOC;
+    use std::time::Duration;
+
+    const CID: u64 = 3;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        uds: PathBuf,
+        muxer: Muxer,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let uds = dir.path().join("vsock.sock");
+            let muxer = Muxer::new(CID, &uds).unwrap();
+            Fixture { _dir: dir, uds, muxer }
+        }
+
+        /// Next packet owed to the guest, with a 4 KiB RX buffer like Linux's.
+        fn rx(&mut self) -> Option<(Header, Vec<u8>)> {
+            self.muxer.process_host_events();
+            let mut buf = Vec::new();
+            match self.muxer.fill_rx(&mut buf, HEADER_LEN + 4096) {
+                Fill::Packet(len) => {
+                    assert_eq!(len as usize, buf.len());
+                    let raw: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
+                    Some((Header::decode(&raw), buf[HEADER_LEN..].to_vec()))
+                }
+                Fill::Nothing => None,
+                Fill::Unusable => panic!("unusable"),
+            }
+        }
+
+        fn guest(
+            &mut self,
+            op: u16,
+            host_port: u32,
+            guest_port: u32,
+            f: impl FnOnce(&mut Header),
+            payload: &[u8],
+        ) {
+            let mut h = Header {
+                src_cid: CID,
+                dst_cid: HOST_CID,
+                src_port: guest_port,
+                dst_port: host_port,
+                len: payload.len() as u32,
+                kind: TYPE_STREAM,
+                op,
+                buf_alloc: BUF_ALLOC,
+                ..Header::default()
+            };
+            f(&mut h);
+            self.muxer.guest_packet(&h, payload);
+        }
+
+        /// Host connects to guest `port`; returns the stream and the host port the guest sees.
+        fn host_connect(&mut self, port: u32) -> (UnixStream, u32) {
+            let mut s = UnixStream::connect(&self.uds).unwrap();
+            s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+            let (req, _) = self.rx().expect("REQUEST");
+            assert_eq!(
+                (req.op, req.dst_port, req.dst_cid, req.src_cid),
+                (OP_REQUEST, port, CID, HOST_CID)
+            );
+            self.guest(OP_RESPONSE, req.src_port, port, |_| {}, &[]);
+            let line = read_line(&mut s);
+            assert_eq!(line, format!("OK {}", req.src_port));
+            (s, req.src_port)
+        }
+    }
+
+    fn read_line(s: &mut UnixStream) -> String {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8];
+        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        String::from_utf8(line).unwrap()
+    }
+
+    #[test]
+    fn host_connects_and_data_flows_both_ways() {
+        let mut f = Fixture::new();
+        let (mut s, hp) = f.host_connect(1024);
+        s.write_all(b"ping").unwrap();
+        let (rw, data) = f.rx().expect("RW");
+        assert_eq!((rw.op, rw.len, rw.buf_alloc), (OP_RW, 4, BUF_ALLOC));
+        assert_eq!(data, b"ping");
+        f.guest(OP_RW, hp, 1024, |_| {}, b"pong");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
+        assert!(f.rx().is_none());
+    }
+
+    #[test]
+    fn nothing_listening_in_the_guest_closes_the_host_stream_without_ok() {
+        let mut f = Fixture::new();
+        let mut s = UnixStream::connect(&f.uds).unwrap();
+        s.write_all(b"CONNECT 9999\n").unwrap();
+        let (req, _) = f.rx().unwrap();
+        f.guest(OP_RST, req.src_port, 9999, |_| {}, &[]);
+        assert_eq!(read_line(&mut s), "");
+        assert_eq!(f.muxer.connection_count(), 0);
+    }
+
+    #[test]
+    fn host_data_waits_for_guest_credit() {
+        let mut f = Fixture::new();
+        let mut s = UnixStream::connect(&f.uds).unwrap();
+        s.write_all(b"CONNECT 1024\n").unwrap();
+        let (req, _) = f.rx().unwrap();
+        let hp = req.src_port;
+        f.guest(OP_RESPONSE, hp, 1024, |h| h.buf_alloc = 10, &[]);
+        read_line(&mut s);
+        s.write_all(&[1u8; 25]).unwrap();
+        let (rw, data) = f.rx().unwrap();
+        assert_eq!((rw.op, data.len()), (OP_RW, 10));
+        let (cr, _) = f.rx().unwrap();
+        assert_eq!(cr.op, OP_CREDIT_REQUEST);
+        assert!(f.rx().is_none(), "no more data, no repeated credit requests");
+        f.guest(OP_CREDIT_UPDATE, hp, 1024, |h| (h.buf_alloc, h.fwd_cnt) = (10, 10), &[]);
+        let (rw, data) = f.rx().unwrap();
+        assert_eq!((rw.op, data.len()), (OP_RW, 10));
+        f.guest(OP_CREDIT_UPDATE, hp, 1024, |h| (h.buf_alloc, h.fwd_cnt) = (10, 20), &[]);
+        let (rw, data) = f.rx().unwrap();
+        assert_eq!((rw.op, data.len()), (OP_RW, 5));
+    }
+
+    #[test]
+    fn guest_bytes_the_host_cannot_take_yet_are_kept_and_flushed_with_credit_updates() {
+        let mut f = Fixture::new();
+        let (mut s, hp) = f.host_connect(1024);
+        // The guest sends a full window while the host reads nothing.
+        let chunk = vec![9u8; 4096];
+        for _ in 0..(BUF_ALLOC as usize / chunk.len()) {
+            f.guest(OP_RW, hp, 1024, |_| {}, &chunk);
+        }
+        // Drain the host side while the muxer flushes: every byte arrives.
+        s.set_nonblocking(true).unwrap();
+        let mut got = 0usize;
+        let mut fwd = 0u32;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..10_000 {
+            match s.read(&mut buf) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            while let Some((h, _)) = f.rx() {
+                fwd = h.fwd_cnt;
+            }
+            if got == BUF_ALLOC as usize && fwd == BUF_ALLOC {
+                break;
+            }
+        }
+        assert_eq!(got, BUF_ALLOC as usize);
+        assert_eq!(fwd, BUF_ALLOC, "the guest learns everything was forwarded");
+        // One byte past the window is a guest bug: reset.
+        for _ in 0..(BUF_ALLOC as usize / chunk.len()) {
+            f.guest(OP_RW, hp, 1024, |_| {}, &chunk);
+        }
+        s.set_nonblocking(false).unwrap();
+        let before = f.muxer.connection_count();
+        f.guest(OP_RW, hp, 1024, |_| {}, &vec![0u8; BUF_ALLOC as usize]);
+        let (rst, _) = f.rx().unwrap();
+        assert_eq!(rst.op, OP_RST);
+        assert_eq!(f.muxer.connection_count(), before - 1);
+    }
+
+    #[test]
+    fn guest_connects_to_a_host_listener_and_closes_cleanly() {
+        let mut f = Fixture::new();
+        let listener = UnixListener::bind(format!("{}_1025", f.uds.display())).unwrap();
+        f.guest(OP_REQUEST, 1025, 5000, |_| {}, &[]);
+        let (resp, _) = f.rx().unwrap();
+        assert_eq!((resp.op, resp.src_port, resp.dst_port), (OP_RESPONSE, 1025, 5000));
+        let (mut s, _) = listener.accept().unwrap();
+        f.guest(OP_RW, 1025, 5000, |_| {}, b"ready\n");
+        f.guest(OP_SHUTDOWN, 1025, 5000, |h| h.flags = SHUTDOWN_SEND, &[]);
+        let mut all = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "ready\n", "data, then EOF");
+        f.guest(OP_SHUTDOWN, 1025, 5000, |h| h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV, &[]);
+        let (rst, _) = f.rx().unwrap();
+        assert_eq!(rst.op, OP_RST);
+        assert_eq!(f.muxer.connection_count(), 0);
+    }
+
+    #[test]
+    fn host_eof_becomes_a_guest_shutdown() {
+        let mut f = Fixture::new();
+        let (s, _) = f.host_connect(1024);
+        s.shutdown(Shutdown::Write).unwrap();
+        let (sd, _) = f.rx().unwrap();
+        assert_eq!((sd.op, sd.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    }
+
+    #[test]
+    fn no_listener_on_the_host_means_rst() {
+        let mut f = Fixture::new();
+        f.guest(OP_REQUEST, 7777, 5000, |_| {}, &[]);
+        let (rst, _) = f.rx().unwrap();
+        assert_eq!((rst.op, rst.src_port, rst.dst_port, rst.dst_cid), (OP_RST, 7777, 5000, CID));
+    }
+
+    #[test]
+    fn garbage_from_the_guest_is_dropped_or_reset_never_a_panic() {
+        let mut f = Fixture::new();
+        let (_s, hp) = f.host_connect(1024);
+        // Foreign CIDs: dropped silently.
+        f.guest(OP_RW, hp, 1024, |h| h.src_cid = 99, b"x");
+        f.guest(OP_RW, hp, 1024, |h| h.dst_cid = 7, b"x");
+        assert!(f.rx().is_none());
+        // Seqpacket, unknown ops, data for unknown connections: RST.
+        f.guest(OP_RW, 1, 2, |h| h.kind = 2, b"x");
+        assert_eq!(f.rx().unwrap().0.op, OP_RST);
+        f.guest(OP_RW, 1, 2, |_| {}, b"x");
+        assert_eq!(f.rx().unwrap().0.op, OP_RST);
+        f.guest(99, hp, 1024, |_| {}, &[]);
+        assert_eq!(f.rx().unwrap().0.op, OP_RST);
+        assert_eq!(f.muxer.connection_count(), 0);
+        // A tiny RX buffer is refused without losing the packet.
+        f.guest(OP_REQUEST, 7777, 1, |_| {}, &[]);
+        assert_eq!(f.muxer.fill_rx(&mut Vec::new(), 10), Fill::Unusable);
+        assert_eq!(f.rx().unwrap().0.op, OP_RST);
+    }
+
+    #[test]
+    fn a_bad_handshake_closes_the_host_stream() {
+        let mut f = Fixture::new();
+        let mut s = UnixStream::connect(&f.uds).unwrap();
+        s.write_all(b"HELLO\n").unwrap();
+        assert!(f.rx().is_none());
+        assert_eq!(read_line(&mut s), "");
+        assert_eq!(f.muxer.connection_count(), 0);
+    }
 }
