@@ -48,6 +48,9 @@ impl Agent for AgentService {
             memory_available_bytes: available_memory().unwrap_or(sysinfo.ram_unused()),
             cpus_online: u32::try_from(cpus).unwrap_or(1),
             agent_ready_uptime_ms: self.ready_uptime_ms,
+            filesystems: filesystems(),
+            cgroup_controllers: words("/sys/fs/cgroup/cgroup.controllers"),
+            namespaces: namespaces(),
         }))
     }
 
@@ -132,6 +135,25 @@ fn available_memory() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// The filesystem types in /proc/filesystems (`nodev\ttmpfs` or `\text4`).
+fn filesystems() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    text.lines().filter_map(|line| line.split_whitespace().last()).map(String::from).collect()
+}
+
+fn words(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().map(String::from).collect()
+}
+
+fn namespaces() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/ns") else { return Vec::new() };
+    let mut names: Vec<String> =
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {

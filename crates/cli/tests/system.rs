@@ -37,6 +37,23 @@ fn selftest_boots_a_vm_and_talks_to_its_agent() {
     let off = report["off_ms"].as_f64().unwrap();
     assert!(0.0 < ready && ready <= info && info <= off, "{report}");
 
+    // What the guest kernel config promises (kernel/vessel.config).
+    let listed = |key: &str| -> Vec<String> {
+        report[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    let filesystems = listed("filesystems");
+    for fs in ["ext4", "overlay", "tmpfs", "devtmpfs", "cgroup2", "fuse", "virtiofs", "proc"] {
+        assert!(filesystems.iter().any(|f| f == fs), "no {fs} in {filesystems:?}");
+    }
+    let controllers = listed("cgroup_controllers");
+    for controller in ["cpu", "memory", "pids", "io"] {
+        assert!(controllers.iter().any(|c| c == controller), "no {controller}: {controllers:?}");
+    }
+    let namespaces = listed("namespaces");
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+        assert!(namespaces.iter().any(|n| n == ns), "no {ns} namespace: {namespaces:?}");
+    }
+
     assert_eq!(report["clean_shutdown"], true);
     let console = report["console"].as_str().unwrap();
     assert!(console.contains("vessel-init: shutdown requested by the host"), "{console}");

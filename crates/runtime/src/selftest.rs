@@ -14,6 +14,9 @@ pub struct SelftestReport {
     pub agent_version: String,
     pub cpus: u32,
     pub memory_total_bytes: u64,
+    pub filesystems: Vec<String>,
+    pub cgroup_controllers: Vec<String>,
+    pub namespaces: Vec<String>,
     /// Guest uptime when the agent started serving, by the guest's clock.
     pub guest_agent_ready_ms: u64,
     /// VM start → the agent announced itself.
@@ -67,6 +70,9 @@ pub async fn run(host: &Host, options: SelftestOptions) -> Result<SelftestReport
         cpus: info.cpus_online,
         memory_total_bytes: info.memory_total_bytes,
         guest_agent_ready_ms: info.agent_ready_uptime_ms,
+        filesystems: info.filesystems,
+        cgroup_controllers: info.cgroup_controllers,
+        namespaces: info.namespaces,
         ready_ms,
         info_ms,
         off_ms,
