@@ -65,24 +65,17 @@ pub fn build(
         .collect();
     hashed.sort_by(|a, b| (a.0, a.1, a.2.name).cmp(&(b.0, b.1, b.2.name)));
 
-    // Leaves: (index hash, block bytes).
+    // Leaves, and the index hash of each: its first entry's hash, with the low bit set
+    // when a run of equal hashes continues from the previous leaf.
     let mut leaves = Packer::new(seed);
     let mut leaf_hashes: Vec<u32> = Vec::new();
-    let mut prev_last: Option<u32> = None;
-    let mut cur_last: Option<u32> = None;
+    let mut last_hash: Option<u32> = None;
     for &(h, _, e) in &hashed {
         if leaves.push(e) {
-            // This entry opened a new leaf block.
-            prev_last = cur_last;
-            let mut ih = h;
-            if prev_last == Some(h) {
-                ih |= 1; // hash collision continues from the previous block
-            }
-            leaf_hashes.push(ih);
+            leaf_hashes.push(if last_hash == Some(h) { h | 1 } else { h });
         }
-        cur_last = Some(h);
+        last_hash = Some(h);
     }
-    let _ = prev_last;
     let leaf_blocks = leaves.finish();
     let n = leaf_blocks.len();
 

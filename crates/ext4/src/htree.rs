@@ -175,6 +175,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn matches_e2fsprogs() {
+        // From `debugfs -R "dx_hash -h half_md4 [-s SEED] NAME"` (e2fsprogs 1.47.0).
+        let seed = [0x0403_0201, 0x0807_0605, 0x0c0b_0a09, 0x100f_0e0d];
+        let long = b"a-much-longer-name-that-spans-more-than-thirty-two-bytes.txt";
+        assert_eq!(name_hash(b"hello", &seed), (0xe2dd_f968, 0xc8bc_0924));
+        assert_eq!(name_hash(b"hello", &[0; 4]), (0x1746_da32, 0x4200_13b5));
+        assert_eq!(name_hash(long, &seed), (0x0139_19c6, 0x1d32_3623));
+        assert_eq!(name_hash(long, &[0; 4]), (0xde53_22a6, 0xbd36_d6d1));
+    }
+
+    #[test]
     fn hash_is_even_and_seeded() {
         let seed = [1, 2, 3, 4];
         let (h1, _) = name_hash(b"hello", &seed);
@@ -182,6 +193,7 @@ mod tests {
         assert_eq!(h1 & 1, 0);
         assert_ne!(h1, h2);
         let long = vec![b'x'; 200];
-        let _ = name_hash(&long, &seed);
+        assert_eq!(name_hash(&long, &seed), name_hash(&long, &seed));
+        assert_ne!(name_hash(&long, &seed), name_hash(&long[..199], &seed));
     }
 }
