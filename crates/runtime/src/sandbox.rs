@@ -199,10 +199,13 @@ async fn wait_ready(vm: &mut QemuVm, ready: tokio::net::UnixListener) -> Result<
             }
             exit = vm.wait(Duration::from_millis(50)) => {
                 if let Some(exit) = exit? {
-                    return Err(RuntimeError::VmEndedEarly {
-                        exit: format!("{exit:?}"),
-                        boot_log: console_tail(&vm.boot_log()),
-                    });
+                    let mut boot_log = console_tail(&vm.boot_log());
+                    let vmm = vm.vmm_messages();
+                    if !vmm.trim().is_empty() {
+                        boot_log.push_str("\nthe VMM said:\n");
+                        boot_log.push_str(vmm.trim_end());
+                    }
+                    return Err(RuntimeError::VmEndedEarly { exit: exit.to_string(), boot_log });
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(RuntimeError::AgentTimeout {

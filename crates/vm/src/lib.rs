@@ -86,6 +86,20 @@ pub enum VmExit {
     Failed(std::process::ExitStatus),
 }
 
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            VmExit::GuestExit => f.write_str("the guest powered off"),
+            VmExit::Failed(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => write!(f, "the VMM exited with status {code}"),
+                (_, Some(signal)) => write!(f, "the VMM was killed by signal {signal}"),
+                _ => write!(f, "the VMM ended ({status})"),
+            },
+        }
+    }
+}
+
 /// A running VM. Dropping it kills whatever is left of it and removes its runtime directory.
 pub trait Vm: Send + std::fmt::Debug {
     /// The host side of the guest's vsock (hybrid model).
@@ -94,6 +108,8 @@ pub trait Vm: Send + std::fmt::Debug {
     fn boot_log(&self) -> PathBuf;
     /// The VMM's process id, for the state files of later callers.
     fn pid(&self) -> Option<u32>;
+    /// What the VMM and its device processes printed (errors, warnings), for diagnostics.
+    fn vmm_messages(&self) -> String;
     /// Waits up to `timeout` for the VM to end by itself.
     fn wait(
         &mut self,

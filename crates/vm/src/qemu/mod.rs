@@ -89,6 +89,13 @@ impl Backend for QemuBackend {
                 config.cpus, config.memory_mib
             )));
         }
+        if devices_needed(&config) > cmdline::MMIO_TRANSPORTS as usize {
+            return Err(VmError::Config(format!(
+                "{} disks: a microvm has room for {} virtio devices, 2 of them taken",
+                config.disks.len(),
+                cmdline::MMIO_TRANSPORTS
+            )));
+        }
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|source| VmError::RunDir { path: config.run_dir.clone(), source })?;
         let paths = RunPaths::new(&config.run_dir);
@@ -115,15 +122,6 @@ impl Backend for QemuBackend {
             let _ = std::fs::remove_dir_all(&config.run_dir);
             return Err(err);
         }
-
-        if devices_needed(&config) > cmdline::MMIO_TRANSPORTS as usize {
-            vhost.kill().await;
-            return Err(VmError::Config(format!(
-                "{} disks: a microvm has room for {} virtio devices, 2 of them taken",
-                config.disks.len(),
-                cmdline::MMIO_TRANSPORTS
-            )));
-        }
         let args = qemu_args(&config, accel, &paths.vhost_socket, &paths.console, khz);
         tracing::debug!(vm = %config.name, ?args, "starting qemu");
         let qemu = match Child::spawn(&self.qemu, &args, &paths.log("qemu")) {
@@ -135,10 +133,12 @@ impl Backend for QemuBackend {
             }
         };
         let echo = config.echo_console.then(|| process::echo_file(paths.console.clone()));
+        let vmm_logs = vec![paths.log("qemu"), vhost_log];
         Ok(QemuVm {
             qemu,
             vhost,
             vsock: HostVsock::new(paths.vsock),
+            vmm_logs,
             console: paths.console,
             run_dir: config.run_dir,
             echo,
@@ -179,6 +179,7 @@ pub struct QemuVm {
     vhost: Child,
     vsock: HostVsock,
     console: PathBuf,
+    vmm_logs: Vec<PathBuf>,
     run_dir: PathBuf,
     echo: Option<tokio::task::JoinHandle<()>>,
     exited: Option<VmExit>,
@@ -211,6 +212,18 @@ impl Vm for QemuVm {
 
     fn pid(&self) -> Option<u32> {
         self.qemu.pid()
+    }
+
+    fn vmm_messages(&self) -> String {
+        let mut messages = String::new();
+        for log in &self.vmm_logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for line in text.lines().filter(|line| !line.trim().is_empty()) {
+                messages.push_str(line);
+                messages.push('\n');
+            }
+        }
+        messages
     }
 
     async fn wait(&mut self, timeout: Duration) -> Result<Option<VmExit>, VmError> {
