@@ -859,4 +859,102 @@ mod tests {
         assert_eq!(read_line(&mut s), "");
         assert_eq!(f.muxer.connection_count(), 0);
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Guest {
+                op: u16,
+                host_port: u32,
+                guest_port: u32,
+                flags: u32,
+                buf_alloc: u32,
+                fwd_cnt: u32,
+                len: usize,
+            },
+            HostWrite(usize),
+            HostConnect(u32),
+            Rx(usize),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (
+                    0u16..10,
+                    prop_oneof![
+                        Just(1025u32),
+                        Just(FIRST_LOCAL_PORT),
+                        Just(FIRST_LOCAL_PORT + 1),
+                        any::<u32>()
+                    ],
+                    0u32..3,
+                    0u32..4,
+                    any::<u32>(),
+                    any::<u32>(),
+                    0usize..5000
+                )
+                    .prop_map(
+                        |(op, host_port, guest_port, flags, buf_alloc, fwd_cnt, len)| Step::Guest {
+                            op,
+                            host_port,
+                            guest_port: guest_port + 1024,
+                            flags,
+                            buf_alloc,
+                            fwd_cnt,
+                            len,
+                        }
+                    ),
+                (0usize..20_000).prop_map(Step::HostWrite),
+                (1024u32..1027).prop_map(Step::HostConnect),
+                (0usize..5000).prop_map(Step::Rx),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// Whatever the guest sends, in any order: no panic, buffers within credit.
+            #[test]
+            fn any_guest_behaviour_is_survived(steps in proptest::collection::vec(step(), 1..60)) {
+                let mut f = Fixture::new();
+                let _listener = UnixListener::bind(format!("{}_1025", f.uds.display())).unwrap();
+                let mut hosts = Vec::new();
+                for step in steps {
+                    match step {
+                        Step::Guest { op, host_port, guest_port, flags, buf_alloc, fwd_cnt, len } => {
+                            let payload = vec![0x5a; len];
+                            f.guest(op, host_port, guest_port, |h| {
+                                h.flags = flags;
+                                h.buf_alloc = buf_alloc;
+                                h.fwd_cnt = fwd_cnt;
+                            }, &payload);
+                        }
+                        Step::HostWrite(n) => {
+                            if let Some(s) = hosts.last_mut() {
+                                let s: &mut UnixStream = s;
+                                let _ = s.set_nonblocking(true);
+                                let _ = s.write(&vec![1u8; n]);
+                            }
+                        }
+                        Step::HostConnect(port) => {
+                            let mut s = UnixStream::connect(&f.uds).unwrap();
+                            s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+                            hosts.push(s);
+                        }
+                        Step::Rx(room) => {
+                            f.muxer.process_host_events();
+                            let mut buf = Vec::new();
+                            let _ = f.muxer.fill_rx(&mut buf, room);
+                            prop_assert!(buf.len() <= room.max(HEADER_LEN));
+                        }
+                    }
+                    for conn in f.muxer.conns.values() {
+                        prop_assert!(conn.pending_len() <= BUF_ALLOC as usize);
+                    }
+                }
+            }
+        }
+    }
 }
