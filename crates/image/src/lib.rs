@@ -7,6 +7,7 @@
 
 pub mod layer;
 pub mod rootfs;
+pub mod snapshot;
 
 pub use layer::LayerError;
 pub use rootfs::{create_empty, create_rootfs, Progress, RootfsError, RootfsOptions};

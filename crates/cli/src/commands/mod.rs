@@ -1,5 +1,7 @@
 //! One module per noun, one file per verb: thin adapters over vessel-runtime.
 
+pub mod image;
+pub mod registry;
 mod rootfs;
 mod system;
 
@@ -15,6 +17,22 @@ pub enum Command {
     /// Write ext4 root filesystem images from OCI layers
     #[command(subcommand)]
     Rootfs(RootfsCommand),
+    /// Pull, push, list, remove, save and load images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Log in to and out of registries
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Download an image from a registry (`vessel image pull`)
+    Pull(image::PullArgs),
+    /// Upload an image to a registry (`vessel image push`)
+    Push(image::PushArgs),
+    /// List images (`vessel image ls`)
+    Images(image::LsArgs),
+    /// Remove images (`vessel image rm`)
+    Rmi(image::RmArgs),
+    /// Give an image another name (`vessel image tag`)
+    Tag(image::TagArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +48,13 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
             rootfs::create(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(command) => image::run(command, context),
+        Command::Registry(command) => registry::run(command, context),
+        Command::Pull(args) => image::run(image::ImageCommand::Pull(args), context),
+        Command::Push(args) => image::run(image::ImageCommand::Push(args), context),
+        Command::Images(args) => image::run(image::ImageCommand::Ls(args), context),
+        Command::Rmi(args) => image::run(image::ImageCommand::Rm(args), context),
+        Command::Tag(args) => image::run(image::ImageCommand::Tag(args), context),
     }
 }
 

@@ -1,0 +1,211 @@
+//! Image → ext4 snapshot: an image's layers are written once into an ext4 file shared by
+//! every container of that image, keyed by the layers' chain id so that images with the
+//! same layers share it: `<root>/snapshots/<chain id>/rootfs.ext4`.
+//!
+//! Creation takes `<key>.lock` so two processes never write the same snapshot twice, and
+//! the writer renames the finished file into place, so a killed run leaves nothing.
+
+use crate::rootfs::{self, Progress, RootfsError, RootfsOptions};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use vessel_oci::image::{Image, ImageError};
+use vessel_oci::Store;
+
+pub const SNAPSHOT_FILE: &str = "rootfs.ext4";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot write the root filesystem snapshot of {image}")]
+    Rootfs {
+        image: String,
+        #[source]
+        source: RootfsError,
+    },
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {image} has {layers} layers but its config lists {diff_ids} diff ids (the image is corrupt)")]
+    LayerCount { image: String, layers: usize, diff_ids: usize },
+}
+
+/// The OCI chain id of the layer stack: `ChainID(L0) = DiffID(L0)`,
+/// `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`. The hex part names the snapshot;
+/// an image with no layers gets the digest of the empty string.
+pub fn chain_id(diff_ids: &[String]) -> String {
+    let mut chain: Option<String> = None;
+    for diff in diff_ids {
+        chain = Some(match chain {
+            None => diff.clone(),
+            Some(prev) => format!("sha256:{}", hex(&Sha256::digest(format!("{prev} {diff}")))),
+        });
+    }
+    chain.unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(b""))))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The snapshots of one state root.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+/// What the container runtime needs from an image.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The image's name in the store.
+    pub reference: vessel_oci::Reference,
+    /// The image id (config digest).
+    pub id: vessel_oci::Digest,
+    /// Entrypoint, cmd, env, working directory, user, …
+    pub config: oci_spec::image::Config,
+    pub platform: String,
+    /// The read-only root filesystem.
+    pub snapshot: PathBuf,
+}
+
+impl Snapshots {
+    pub fn new(root: &Path) -> Snapshots {
+        Snapshots { dir: root.join("snapshots") }
+    }
+
+    pub fn key(image: &Image) -> String {
+        let chain = chain_id(&image.diff_ids());
+        chain.split_once(':').map(|(_, h)| h.to_string()).unwrap_or(chain)
+    }
+
+    /// Where `image`'s snapshot lives (whether or not it exists yet).
+    pub fn path(&self, image: &Image) -> PathBuf {
+        self.dir.join(Snapshots::key(image)).join(SNAPSHOT_FILE)
+    }
+
+    fn lock(&self, key: &str, wait: bool) -> Result<Option<File>, SnapshotError> {
+        let path = self.dir.join(format!("{key}.lock"));
+        let io = |action, source| SnapshotError::Io { action, path: path.clone(), source };
+        fs::create_dir_all(&self.dir).map_err(|e| io("create", e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        let op = if wait {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        };
+        match rustix::fs::flock(&file, op) {
+            Ok(()) => Ok(Some(file)),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(io("lock", e.into())),
+        }
+    }
+
+    /// The snapshot of `image`, written now if missing. Returns its path and whether it
+    /// was written by this call.
+    pub fn ensure(
+        &self,
+        store: &Store,
+        image: &Image,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<(PathBuf, bool), SnapshotError> {
+        let path = self.path(image);
+        if path.is_file() {
+            return Ok((path, false));
+        }
+        let layers = image.manifest.layers.len();
+        let diff_ids = image.diff_ids().len();
+        if layers != diff_ids {
+            return Err(SnapshotError::LayerCount {
+                image: image.entry.name.familiar(),
+                layers,
+                diff_ids,
+            });
+        }
+        let key = Snapshots::key(image);
+        let _lock = self.lock(&key, true)?;
+        if path.is_file() {
+            return Ok((path, false));
+        }
+        let dir = self.dir.join(&key);
+        fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let blobs: Vec<PathBuf> =
+            image.manifest.layers.iter().map(|l| store.blob_path(&l.digest)).collect();
+        for (blob, layer) in blobs.iter().zip(&image.manifest.layers) {
+            if !blob.is_file() {
+                return Err(ImageError::Store(vessel_oci::StoreError::MissingBlob(
+                    layer.digest.clone(),
+                ))
+                .into());
+            }
+        }
+        rootfs::create_rootfs(&path, &blobs, &RootfsOptions::default(), progress).map_err(
+            |source| SnapshotError::Rootfs { image: image.entry.name.familiar(), source },
+        )?;
+        Ok((path, true))
+    }
+
+    /// Removes snapshots no image in `store` needs (skipping any being written).
+    /// Returns how many were removed.
+    pub fn gc(&self, store: &Store) -> Result<usize, SnapshotError> {
+        let needed: BTreeSet<String> = store.images()?.iter().map(Snapshots::key).collect();
+        let Ok(read) = fs::read_dir(&self.dir) else { return Ok(0) };
+        let mut removed = 0;
+        for entry in read.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().is_dir() || needed.contains(&name) {
+                continue;
+            }
+            let Some(_lock) = self.lock(&name, false)? else { continue };
+            if fs::remove_dir_all(entry.path()).is_ok() {
+                removed += 1;
+            }
+            let _ = fs::remove_file(self.dir.join(format!("{name}.lock")));
+        }
+        Ok(removed)
+    }
+}
+
+/// The library call the container runtime uses: the image `query` names (a reference or
+/// an image id) → its config and read-only root filesystem, written now if missing.
+pub fn prepare(root: &Path, query: &str) -> Result<Prepared, SnapshotError> {
+    let store = Store::open(root.join("images")).map_err(ImageError::from)?;
+    let image = store.find(query)?;
+    let (snapshot, _) = Snapshots::new(root).ensure(&store, &image, &mut |_| {})?;
+    Ok(Prepared {
+        reference: image.entry.name.clone(),
+        id: image.id().clone(),
+        config: image.config.config().clone().unwrap_or_default(),
+        platform: format!("{}/{}", image.config.os(), image.config.architecture()),
+        snapshot,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
+        let two = chain_id(&[a.clone(), b.clone()]);
+        assert_eq!(two, format!("sha256:{}", hex(&Sha256::digest(format!("{a} {b}")))));
+        assert_ne!(chain_id(&[b, a]), two);
+    }
+}

@@ -1,0 +1,570 @@
+//! The registry client: pulls into the store (platform selection, concurrent verified
+//! layer downloads, blobs already present skipped) and pushes from it (existence checks,
+//! cross-repository mounts). HTTP is `oci-client`'s; the policy is ours: HTTPS verified
+//! with the system CAs (plus `certs.d/<registry>/*.crt`), plain HTTP only for loopback
+//! registries and those named with `--insecure`.
+
+use crate::auth::Credentials;
+use crate::digest::Digest;
+use crate::image::{self, Blob, ImageError, Manifest, Parsed, Platform};
+use crate::media;
+use crate::reference::{host_of, Reference};
+use crate::store::{Store, StoreError};
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
+use oci_spec::image::Descriptor;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot reach registry {registry}: {detail} (check the address and that it is running; plain HTTP needs --insecure)")]
+    Unreachable { registry: String, detail: String },
+    #[error(
+        "authentication failed for {registry} (log in with `vessel registry login {registry}`)"
+    )]
+    Auth { registry: String },
+    #[error("not found in the registry: {0} (check the name and tag)")]
+    NotFound(String),
+    #[error("registry {registry} failed: {detail}")]
+    Protocol { registry: String, detail: String },
+    #[error("cannot download {digest}: {detail} (nothing was stored; try again)")]
+    Download { digest: Digest, detail: String },
+    #[error(
+        "{reference} is pinned to {expected} but the registry sent {actual} (nothing was stored)"
+    )]
+    ManifestDigest { reference: String, expected: Digest, actual: Digest },
+    #[error("cannot read the certificate {path}")]
+    Certificate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to talk to registries.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Registries (`host[:port]`) allowed over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    pub max_concurrent_downloads: usize,
+    pub platform: Platform,
+    /// Directories holding `<registry>/*.crt` CA certificates (docker's `certs.d` layout).
+    pub certs_dirs: Vec<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            insecure: Vec::new(),
+            max_concurrent_downloads: 3,
+            platform: Platform::host(),
+            certs_dirs: vec![
+                PathBuf::from("/etc/docker/certs.d"),
+                PathBuf::from("/etc/containers/certs.d"),
+            ],
+        }
+    }
+}
+
+/// What a pull or push reports as it goes, for progress bars.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Talking plain HTTP to `registry`.
+    PlainHttp {
+        registry: String,
+    },
+    /// The manifest is known: these layers follow.
+    Resolved {
+        digest: Digest,
+        layers: Vec<(Digest, u64)>,
+    },
+    /// A blob was already there (pull) or in the registry (push).
+    Exists {
+        digest: Digest,
+    },
+    /// A blob was mounted from another repository (push).
+    Mounted {
+        digest: Digest,
+        from: String,
+    },
+    Progress {
+        digest: Digest,
+        done: u64,
+        total: u64,
+    },
+    Done {
+        digest: Digest,
+    },
+}
+
+pub type Reporter = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// What a pull stored.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub reference: Reference,
+    /// The manifest's digest (of the platform's manifest).
+    pub digest: Digest,
+    /// The image id (config digest).
+    pub id: Digest,
+    /// The digest of the index the manifest was chosen from, if any.
+    pub index: Option<Digest>,
+}
+
+/// True for `localhost` and 127.0.0.0/8 (and ::1).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry);
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A client for one registry.
+pub struct Client {
+    registry: String,
+    inner: oci_client::Client,
+    auth: RegistryAuth,
+    plain_http: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("registry", &self.registry).finish_non_exhaustive()
+    }
+}
+
+fn certificates(opts: &Options, registry: &str) -> Result<Vec<Certificate>, RegistryError> {
+    let mut certs = Vec::new();
+    for dir in &opts.certs_dirs {
+        let dir = dir.join(registry);
+        let Ok(read) = std::fs::read_dir(&dir) else { continue };
+        for entry in read.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "crt" || e == "pem") {
+                let data = std::fs::read(&path)
+                    .map_err(|source| RegistryError::Certificate { path: path.clone(), source })?;
+                certs.push(Certificate { encoding: CertificateEncoding::Pem, data });
+            }
+        }
+    }
+    Ok(certs)
+}
+
+/// Turns oci-client's errors into ours: one clear line each.
+fn classify(registry: &str, what: &str, err: OciDistributionError) -> RegistryError {
+    use OciDistributionError as E;
+    let registry = registry.to_string();
+    match err {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            RegistryError::Auth { registry }
+        }
+        E::ServerError { code: 401 | 403, .. } => RegistryError::Auth { registry },
+        E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => {
+            RegistryError::NotFound(what.to_string())
+        }
+        E::RegistryError { envelope, .. } => {
+            let codes: Vec<String> =
+                envelope.errors.iter().map(|e| format!("{:?}", e.code)).collect();
+            if codes.iter().any(|c| c == "Unauthorized" || c == "Denied") {
+                RegistryError::Auth { registry }
+            } else if codes.iter().any(|c| c.contains("Unknown") || c == "NotFound") {
+                RegistryError::NotFound(what.to_string())
+            } else {
+                RegistryError::Protocol {
+                    registry,
+                    detail: envelope
+                        .errors
+                        .iter()
+                        .map(|e| e.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }
+            }
+        }
+        E::RequestError(e) => {
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = s.to_string();
+                source = s.source();
+            }
+            RegistryError::Unreachable { registry, detail }
+        }
+        other => RegistryError::Protocol { registry, detail: other.to_string() },
+    }
+}
+
+impl Client {
+    /// A client for `registry`. Loopback registries are tried over HTTPS first and fall
+    /// back to plain HTTP, as are those in `opts.insecure`.
+    pub async fn connect(
+        registry: &str,
+        opts: &Options,
+        credentials: &Credentials,
+        report: &Reporter,
+    ) -> Result<Client, RegistryError> {
+        let certs = certificates(opts, registry)?;
+        let may_be_plain = is_loopback(registry) || opts.insecure.iter().any(|r| r == registry);
+        let auth = match credentials.get(registry) {
+            Some((user, password)) => RegistryAuth::Basic(user, password),
+            None => RegistryAuth::Anonymous,
+        };
+        let make = |plain: bool| {
+            let protocol = if plain {
+                ClientProtocol::HttpsExcept(vec![registry.to_string()])
+            } else {
+                ClientProtocol::Https
+            };
+            oci_client::Client::new(ClientConfig {
+                protocol,
+                extra_root_certificates: certs.clone(),
+                max_concurrent_download: opts.max_concurrent_downloads.max(1),
+                connect_timeout: Some(std::time::Duration::from_secs(15)),
+                read_timeout: Some(std::time::Duration::from_secs(120)),
+                ..Default::default()
+            })
+        };
+        let mut plain_http = false;
+        if may_be_plain {
+            // One request to /v2/ over HTTPS tells whether the registry speaks it.
+            let https = ping(registry, false, &certs).await;
+            if let Err(https_err) = https {
+                if ping(registry, true, &certs).await.is_ok() {
+                    plain_http = true;
+                    report(Event::PlainHttp { registry: registry.to_string() });
+                } else {
+                    return Err(RegistryError::Unreachable {
+                        registry: registry.to_string(),
+                        detail: https_err,
+                    });
+                }
+            }
+        }
+        Ok(Client { registry: registry.to_string(), inner: make(plain_http), auth, plain_http })
+    }
+
+    pub fn plain_http(&self) -> bool {
+        self.plain_http
+    }
+
+    fn remote(reference: &Reference) -> oci_client::Reference {
+        let registry = reference.registry().to_string();
+        let repository = reference.repository().to_string();
+        match (reference.tag(), reference.digest()) {
+            (Some(tag), Some(d)) => oci_client::Reference::with_tag_and_digest(
+                registry,
+                repository,
+                tag.into(),
+                d.to_string(),
+            ),
+            (_, Some(d)) => oci_client::Reference::with_digest(registry, repository, d.to_string()),
+            (tag, None) => oci_client::Reference::with_tag(
+                registry,
+                repository,
+                tag.unwrap_or(crate::reference::DEFAULT_TAG).to_string(),
+            ),
+        }
+    }
+
+    /// Checks the credentials by asking for a pull token (bearer) or calling `/v2/` with
+    /// them (basic).
+    pub async fn check_login(&self) -> Result<(), RegistryError> {
+        let RegistryAuth::Basic(user, password) = &self.auth else { return Ok(()) };
+        let scheme = if self.plain_http { "http" } else { "https" };
+        let url = format!("{scheme}://{}/v2/", self.registry);
+        let client = http_client(&[])?;
+        let response =
+            client.get(&url).basic_auth(user, Some(password)).send().await.map_err(|e| {
+                RegistryError::Unreachable {
+                    registry: self.registry.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && response.headers().get("www-authenticate").is_some_and(|h| {
+                h.to_str().is_ok_and(|h| h.to_ascii_lowercase().starts_with("bearer"))
+            })
+        {
+            // Token auth: ask for a token with the credentials.
+            let probe = oci_client::Reference::with_tag(
+                self.registry.clone(),
+                "library/vessel-login-check".into(),
+                "latest".into(),
+            );
+            return match self.inner.auth(&probe, &self.auth, RegistryOperation::Pull).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(classify(&self.registry, "login", e)),
+            };
+        }
+        Err(RegistryError::Auth { registry: self.registry.clone() })
+    }
+
+    async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let remote = Client::remote(reference);
+        let (bytes, _) = self
+            .inner
+            .pull_manifest_raw(&remote, &self.auth, media::ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| classify(&self.registry, &reference.to_string(), e))?;
+        let digest = Digest::sha256(&bytes);
+        if let Some(expected) = reference.digest() {
+            let mut h = expected.hasher();
+            h.update(&bytes);
+            let actual = h.finish();
+            if &actual != expected {
+                return Err(RegistryError::ManifestDigest {
+                    reference: reference.to_string(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            return Ok((bytes.to_vec(), expected.clone()));
+        }
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Pulls `reference` for `opts.platform` into `store` and names it `reference`.
+    pub async fn pull(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        opts: &Options,
+        report: &Reporter,
+    ) -> Result<Pulled, RegistryError> {
+        let _lease = store.lease()?;
+        let (bytes, digest) = self.manifest(reference).await?;
+        let (manifest_bytes, manifest_digest, manifest, index, platform) =
+            match image::parse(&bytes, &digest, None)? {
+                Parsed::Manifest(m) => (bytes, digest, m, None, None),
+                Parsed::Index(entries) => {
+                    let child =
+                        image::select(&entries, &opts.platform, &reference.familiar())?.clone();
+                    let platform = entries
+                        .iter()
+                        .find(|(b, _)| b.digest == child.digest)
+                        .and_then(|(_, p)| p.clone());
+                    let pinned = reference.with_digest(child.digest.clone());
+                    let (child_bytes, child_digest) = self.manifest(&pinned).await?;
+                    match image::parse(&child_bytes, &child_digest, Some(&child.media_type))? {
+                        Parsed::Manifest(m) => {
+                            (child_bytes, child_digest, m, Some(digest), platform)
+                        }
+                        Parsed::Index(_) => {
+                            return Err(ImageError::MediaType {
+                                what: "nested index",
+                                media_type: child.media_type,
+                            }
+                            .into())
+                        }
+                    }
+                }
+            };
+        report(Event::Resolved {
+            digest: manifest_digest.clone(),
+            layers: manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
+        });
+        self.fetch_blobs(store, reference, &manifest, opts, report).await?;
+        // The config must parse before the image is named.
+        let config_bytes = store.read_metadata(&manifest.config.digest, "config")?;
+        image::parse_config(&config_bytes, &manifest.config.digest)?;
+        store.put(&manifest_bytes, Some(&manifest_digest))?;
+        let mut descriptor = Descriptor::new(
+            manifest.media_type.as_str().into(),
+            manifest_bytes.len() as u64,
+            oci_spec::image::Digest::try_from(manifest_digest.to_string())
+                .expect("our digests are valid"),
+        );
+        let platform = platform.unwrap_or_else(|| opts.platform.clone());
+        let built = oci_spec::image::PlatformBuilder::default()
+            .os(platform.os.as_str())
+            .architecture(platform.architecture.as_str());
+        let built = match &platform.variant {
+            Some(variant) => built.variant(variant.clone()),
+            None => built,
+        };
+        descriptor.set_platform(built.build().ok());
+        store.set(reference, descriptor)?;
+        Ok(Pulled {
+            reference: reference.clone(),
+            digest: manifest_digest,
+            id: manifest.config.digest.clone(),
+            index,
+        })
+    }
+
+    async fn fetch_blobs(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        manifest: &Manifest,
+        opts: &Options,
+        report: &Reporter,
+    ) -> Result<(), RegistryError> {
+        let mut blobs: Vec<&Blob> = manifest.layers.iter().collect();
+        blobs.push(&manifest.config);
+        let remote = Client::remote(reference);
+        futures_util::stream::iter(
+            blobs.into_iter().map(|b| self.fetch(store, &remote, b, report)),
+        )
+        .buffer_unordered(opts.max_concurrent_downloads.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        store: &Store,
+        remote: &oci_client::Reference,
+        blob: &Blob,
+        report: &Reporter,
+    ) -> Result<(), RegistryError> {
+        if store.has_blob(&blob.digest) {
+            report(Event::Exists { digest: blob.digest.clone() });
+            return Ok(());
+        }
+        let descriptor =
+            oci_client::client::LayerDescriptor { digest: &blob.digest.to_string(), urls: &None };
+        let download =
+            |detail: String| RegistryError::Download { digest: blob.digest.clone(), detail };
+        let mut stream = self
+            .inner
+            .pull_blob_stream(remote, &descriptor)
+            .await
+            .map_err(|e| match classify(&self.registry, &blob.digest.to_string(), e) {
+                RegistryError::Protocol { detail, .. } => download(detail),
+                other => other,
+            })?
+            .stream;
+        let mut writer = store.writer(Some((blob.digest.clone(), blob.size)))?;
+        let mut last = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| download(e.to_string()))?;
+            writer.write_all(&chunk).map_err(|e| download(e.to_string()))?;
+            let done = writer.written();
+            if done - last >= 256 << 10 || done == blob.size {
+                last = done;
+                report(Event::Progress { digest: blob.digest.clone(), done, total: blob.size });
+            }
+        }
+        writer.commit()?;
+        report(Event::Done { digest: blob.digest.clone() });
+        Ok(())
+    }
+
+    /// Pushes a stored image to `target`: blobs the registry has are skipped, blobs from
+    /// another repository of the same registry are mounted, the rest uploaded.
+    pub async fn push(
+        &self,
+        store: &Store,
+        image: &image::Image,
+        target: &Reference,
+        report: &Reporter,
+    ) -> Result<Digest, RegistryError> {
+        let remote = Client::remote(target);
+        let what = target.to_string();
+        self.inner
+            .auth(&remote, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| classify(&self.registry, &what, e))?;
+        let manifest = &image.manifest;
+        report(Event::Resolved {
+            digest: image.manifest_digest.clone(),
+            layers: manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
+        });
+        let source = (image.entry.name.registry() == target.registry()
+            && image.entry.name.repository() != target.repository())
+        .then(|| Client::remote(&image.entry.name));
+        let mut blobs: Vec<&Blob> = manifest.layers.iter().collect();
+        blobs.push(&manifest.config);
+        for blob in blobs {
+            let digest = blob.digest.to_string();
+            let exists = self
+                .inner
+                .blob_exists(&remote, &digest)
+                .await
+                .map_err(|e| classify(&self.registry, &what, e))?;
+            if exists {
+                report(Event::Exists { digest: blob.digest.clone() });
+                continue;
+            }
+            if let Some(source) = &source {
+                if self.inner.mount_blob(&remote, source, &digest).await.is_ok()
+                    && self.inner.blob_exists(&remote, &digest).await.unwrap_or(false)
+                {
+                    report(Event::Mounted {
+                        digest: blob.digest.clone(),
+                        from: source.repository().to_string(),
+                    });
+                    continue;
+                }
+            }
+            let path = store.blob_path(&blob.digest);
+            let data = tokio::fs::read(&path).await.map_err(|source| StoreError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })?;
+            self.inner
+                .push_blob(&remote, data, &digest)
+                .await
+                .map_err(|e| classify(&self.registry, &what, e))?;
+            report(Event::Done { digest: blob.digest.clone() });
+        }
+        let bytes = store.read_metadata(&image.manifest_digest, "manifest")?;
+        let content_type = manifest.media_type.parse().map_err(|_| ImageError::MediaType {
+            what: "manifest",
+            media_type: manifest.media_type.clone(),
+        })?;
+        self.inner
+            .push_manifest_raw(&remote, bytes, content_type)
+            .await
+            .map_err(|e| classify(&self.registry, &what, e))?;
+        Ok(image.manifest_digest.clone())
+    }
+}
+
+fn http_client(certs: &[Certificate]) -> Result<reqwest::Client, RegistryError> {
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+    for cert in certs {
+        if let Ok(c) = reqwest::Certificate::from_pem(&cert.data) {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| RegistryError::Protocol { registry: String::new(), detail: e.to_string() })
+}
+
+/// `GET /v2/`: any HTTP answer means the registry speaks this protocol.
+async fn ping(registry: &str, plain: bool, certs: &[Certificate]) -> Result<(), String> {
+    let scheme = if plain { "http" } else { "https" };
+    let client = http_client(certs).map_err(|e| e.to_string())?;
+    match client.get(format!("{scheme}://{registry}/v2/")).send().await {
+        Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            Ok(())
+        }
+        Ok(r) => Err(format!("GET /v2/ answered {} (is this a registry?)", r.status())),
+        Err(e) => {
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = s.to_string();
+                source = s.source();
+            }
+            Err(detail)
+        }
+    }
+}
