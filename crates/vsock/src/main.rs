@@ -9,6 +9,8 @@
 //! and the stream is then guest port `port`; a guest connecting to CID 2 port P reaches the
 //! Unix listener at `<uds-path>_P`. The process ends when QEMU disconnects. See docs/vsock.md.
 
+#![forbid(unsafe_code)]
+
 mod conn;
 mod device;
 mod muxer;
