@@ -11,6 +11,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -30,11 +31,21 @@ pub struct VsockDevice {
     mem: Option<Memory>,
     event_idx: bool,
     payload: Vec<u8>,
+    /// Written when QEMU disconnects: ends the worker thread, so the daemon can be dropped
+    /// (it joins its workers) and the process exit.
+    exit: EventFd,
 }
 
 impl VsockDevice {
-    pub fn new(guest_cid: u64, muxer: Muxer) -> VsockDevice {
-        VsockDevice { guest_cid, muxer, mem: None, event_idx: false, payload: Vec::new() }
+    pub fn new(guest_cid: u64, muxer: Muxer) -> std::io::Result<VsockDevice> {
+        Ok(VsockDevice {
+            guest_cid,
+            muxer,
+            mem: None,
+            event_idx: false,
+            payload: Vec::new(),
+            exit: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     pub fn muxer_fd(&self) -> i32 {
@@ -195,6 +206,10 @@ impl VhostUserBackendMut for VsockDevice {
         }
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<EventFd> {
+        self.exit.try_clone().ok()
+    }
+
     fn update_memory(&mut self, mem: Memory) -> io::Result<()> {
         self.mem = Some(mem);
         Ok(())
@@ -231,7 +246,7 @@ mod tests {
     fn config_space_is_the_cid_and_bounds_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let muxer = Muxer::new(3, &dir.path().join("v.sock")).unwrap();
-        let dev = VsockDevice::new(3, muxer);
+        let dev = VsockDevice::new(3, muxer).unwrap();
         assert_eq!(dev.get_config(0, 8), 3u64.to_le_bytes().to_vec());
         assert_eq!(dev.get_config(4, 4), vec![0, 0, 0, 0]);
         assert!(dev.get_config(4, 8).is_empty());

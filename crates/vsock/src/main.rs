@@ -79,7 +79,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // The hybrid socket exists before the vhost-user one, which is what callers wait for.
     let muxer = Muxer::new(args.guest_cid, &args.uds_path)
         .with_context(|| format!("listening on {}", args.uds_path.display()))?;
-    let device = VsockDevice::new(args.guest_cid, muxer);
+    let device = VsockDevice::new(args.guest_cid, muxer).context("creating the exit event")?;
     let muxer_fd = device.muxer_fd();
     let device = Arc::new(RwLock::new(device));
     let mut daemon = VhostUserDaemon::new(
