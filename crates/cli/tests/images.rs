@@ -86,7 +86,13 @@ fn pull_ls_inspect_tag_rm_prune() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("already exists"));
     let v2 = inspect(&root, &format!("{name}:v2s2"));
     assert_eq!(v2["Snapshot"]["Path"], image["Snapshot"]["Path"]);
-    assert_eq!(v2["Manifest"]["MediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    // Stored with OCI's media types (as `skopeo copy … oci:` does), so OCI tools read it.
+    assert_eq!(v2["Manifest"]["MediaType"], "application/vnd.oci.image.manifest.v1+json");
+    let registry_digest = sh(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{name}:v2s2")));
+    let by_digest = inspect(&root, &format!("{name}@{}", registry_digest.trim()));
+    assert_eq!(by_digest["Id"], v2["Id"]);
     let layout = format!("oci:{}:{name}:v2s2", root.path().join("images").display());
     sh(Command::new("skopeo").args(["inspect", &layout]));
 
@@ -170,7 +176,7 @@ fn push_is_checked_by_pulling_back_with_skopeo() {
     // Pull it back with skopeo into an OCI directory.
     let out = tempfile::tempdir().unwrap();
     let mut command = Command::new("skopeo");
-    command.args(["copy", "--quiet"]).args(registry.skopeo_flags(false));
+    command.args(["copy", "--quiet"]).args(registry.skopeo_flags(Some("src")));
     command.arg(format!("docker://{copy}")).arg(format!("oci:{}:x", out.path().display()));
     sh(&mut command);
     // A second push finds everything there.
@@ -363,8 +369,12 @@ fn bad_input_gives_one_clear_line_and_leaves_the_store_alone() {
     let fresh = TestRoot::new();
     let line = fail(&fresh, &["pull", &format!("{}/good", registry.addr)]);
     assert!(line.contains("size mismatch") || line.contains("cannot download"), "{line}");
-    let index = std::fs::read_to_string(fresh.path().join("images/index.json")).unwrap_or_default();
-    assert!(!index.contains("good"), "{index}");
+    let untouched = |root: &TestRoot| {
+        let (index, blobs) = state(root);
+        assert!(!index.contains("good"), "{index}");
+        assert_eq!(blobs, 0, "a failed pull stored blobs");
+    };
+    untouched(&fresh);
     // Same size, wrong bytes.
     let mut corrupt = original.clone();
     let at = corrupt.len() / 2;
@@ -372,6 +382,7 @@ fn bad_input_gives_one_clear_line_and_leaves_the_store_alone() {
     std::fs::write(&blob, &corrupt).unwrap();
     let line = fail(&fresh, &["pull", &format!("{}/good", registry.addr)]);
     assert!(line.contains("digest") || line.contains("cannot download"), "{line}");
+    untouched(&fresh);
     std::fs::write(&blob, &original).unwrap();
     // A config that does not parse.
     let config_blob = registry_blob(&registry, &config);
@@ -381,25 +392,20 @@ fn bad_input_gives_one_clear_line_and_leaves_the_store_alone() {
     std::fs::write(&config_blob, &broken).unwrap();
     let line = fail(&fresh, &["pull", &format!("{}/good", registry.addr)]);
     assert!(line.contains("digest") || line.contains("parse"), "{line}");
+    untouched(&fresh);
     std::fs::write(&config_blob, &config_bytes).unwrap();
-    // A manifest that does not parse, and one with an unknown media type: replace the
-    // manifest's bytes in the registry's storage.
-    let digest = sh(Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-        .arg(format!("docker://{}/good:latest", registry.addr)));
-    let manifest_blob = registry_blob(&registry, digest.trim());
-    let manifest_bytes = std::fs::read(&manifest_blob).unwrap();
-    std::fs::write(&manifest_blob, b"{\"schemaVersion\": 2, \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\", \"layers\": 7}").unwrap();
-    let line = fail(&fresh, &["pull", &format!("{}/good", registry.addr)]);
-    assert!(line.contains("does not parse"), "{line}");
-    std::fs::write(
-        &manifest_blob,
-        b"{\"schemaVersion\": 2, \"mediaType\": \"application/vnd.example.unknown+json\"}",
-    )
-    .unwrap();
-    let line = fail(&fresh, &["pull", &format!("{}/good", registry.addr)]);
-    assert!(line.contains("unsupported manifest media type"), "{line}");
-    std::fs::write(&manifest_blob, &manifest_bytes).unwrap();
+    // A manifest that does not parse, one with an unknown media type, and a server
+    // error: docker-registry checks what it serves, so a small fake registry sends these.
+    for (body, content_type, expect) in [
+        (&b"{\"schemaVersion\": 2, \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\", \"layers\": 7}"[..], "application/vnd.oci.image.manifest.v1+json", "does not parse"),
+        (&b"{\"schemaVersion\": 2, \"mediaType\": \"application/vnd.example.unknown+json\"}"[..], "application/vnd.example.unknown+json", "unsupported manifest media type"),
+        (&b"<html>not json</html>"[..], "text/html", "unsupported manifest media type"),
+    ] {
+        let fake = common::registry::FakeRegistry::serving(body.to_vec(), content_type);
+        let line = fail(&fresh, &["pull", &format!("{}/bad:1", fake.addr)]);
+        assert!(line.contains(expect), "{line}");
+        untouched(&fresh);
+    }
     assert!(fresh.run(&["pull", "-q", &format!("{}/good", registry.addr)]).status.success());
     assert_eq!(std::fs::read_dir(fresh.path().join("images/ingest")).unwrap().count(), 0);
 }

@@ -286,7 +286,15 @@ impl Store {
             if let Some(digest) = reference.digest() {
                 let found: Vec<Entry> = entries
                     .iter()
-                    .filter(|e| e.name.name() == reference.name() && &e.digest() == digest)
+                    .filter(|e| {
+                        let source = e
+                            .descriptor
+                            .annotations()
+                            .as_ref()
+                            .and_then(|a| a.get(SOURCE_DIGEST))
+                            .is_some_and(|s| s == &digest.to_string());
+                        e.name.name() == reference.name() && (&e.digest() == digest || source)
+                    })
                     .cloned()
                     .collect();
                 if !found.is_empty() {
@@ -325,6 +333,34 @@ impl Store {
         let entries = self.lookup(query)?;
         self.image(&entries[0])
     }
+}
+
+/// The annotation keeping a converted manifest's digest in the registry.
+pub const SOURCE_DIGEST: &str = "org.vessel.image.source-digest";
+
+/// A docker schema 2 manifest rewritten with OCI media types (as `skopeo copy … oci:`
+/// does), so that OCI tools reading the store see it; `None` if it is not one.
+/// Configs and layers are unchanged: only their declared types move to OCI's names.
+pub fn docker_to_oci(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if value.get("mediaType")?.as_str()? != media::DOCKER_MANIFEST {
+        return None;
+    }
+    value["mediaType"] = media::OCI_MANIFEST.into();
+    value["config"]["mediaType"] = media::OCI_CONFIG.into();
+    for layer in value.get_mut("layers")?.as_array_mut()? {
+        let oci = match layer.get("mediaType")?.as_str()? {
+            media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+            media::DOCKER_LAYER => media::OCI_LAYER,
+            media::DOCKER_FOREIGN_LAYER => {
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            }
+            other if media::is_layer(other) => continue,
+            _ => return None,
+        };
+        layer["mediaType"] = oci.into();
+    }
+    serde_json::to_vec(&value).ok()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::digest::Digest;
 use crate::image::{self, Blob, ImageError, Manifest, Parsed, Platform};
 use crate::media;
 use crate::reference::{host_of, Reference};
-use crate::store::{Store, StoreError};
+use crate::store::{Staged, Store, StoreError};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
@@ -189,15 +189,7 @@ fn classify(registry: &str, what: &str, err: OciDistributionError) -> RegistryEr
                 }
             }
         }
-        E::RequestError(e) => {
-            let mut detail = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                detail = s.to_string();
-                source = s.source();
-            }
-            RegistryError::Unreachable { registry, detail }
-        }
+        E::RequestError(e) => RegistryError::Unreachable { registry, detail: deepest(&e) },
         other => RegistryError::Protocol { registry, detail: other.to_string() },
     }
 }
@@ -248,7 +240,8 @@ impl Client {
                 }
             }
         }
-        Ok(Client { registry: registry.to_string(), inner: make(plain_http), auth, plain_http })
+        let inner = make(plain_http);
+        Ok(Client { registry: registry.to_string(), inner, auth, plain_http })
     }
 
     pub fn plain_http(&self) -> bool {
@@ -274,40 +267,22 @@ impl Client {
         }
     }
 
-    /// Checks the credentials by asking for a pull token (bearer) or calling `/v2/` with
-    /// them (basic).
+    /// Checks the credentials: lists the tags of a repository that need not exist, which
+    /// needs a token (bearer registries) or accepted basic credentials; "no such
+    /// repository" means the credentials were fine.
     pub async fn check_login(&self) -> Result<(), RegistryError> {
-        let RegistryAuth::Basic(user, password) = &self.auth else { return Ok(()) };
-        let scheme = if self.plain_http { "http" } else { "https" };
-        let url = format!("{scheme}://{}/v2/", self.registry);
-        let client = http_client(&[])?;
-        let response =
-            client.get(&url).basic_auth(user, Some(password)).send().await.map_err(|e| {
-                RegistryError::Unreachable {
-                    registry: self.registry.clone(),
-                    detail: e.to_string(),
-                }
-            })?;
-        if response.status().is_success() {
-            return Ok(());
+        let probe = oci_client::Reference::with_tag(
+            self.registry.clone(),
+            "vessel/login-check".into(),
+            "latest".into(),
+        );
+        match self.inner.list_tags(&probe, &self.auth, Some(1), None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match classify(&self.registry, "login", e) {
+                RegistryError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
         }
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED
-            && response.headers().get("www-authenticate").is_some_and(|h| {
-                h.to_str().is_ok_and(|h| h.to_ascii_lowercase().starts_with("bearer"))
-            })
-        {
-            // Token auth: ask for a token with the credentials.
-            let probe = oci_client::Reference::with_tag(
-                self.registry.clone(),
-                "library/vessel-login-check".into(),
-                "latest".into(),
-            );
-            return match self.inner.auth(&probe, &self.auth, RegistryOperation::Pull).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(classify(&self.registry, "login", e)),
-            };
-        }
-        Err(RegistryError::Auth { registry: self.registry.clone() })
     }
 
     async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), RegistryError> {
@@ -375,9 +350,26 @@ impl Client {
             layers: manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
         });
         self.fetch_blobs(store, reference, &manifest, opts, report).await?;
-        // The config must parse before the image is named.
-        let config_bytes = store.read_metadata(&manifest.config.digest, "config")?;
-        image::parse_config(&config_bytes, &manifest.config.digest)?;
+        // Docker schema 2 is kept in OCI's media types, so OCI tools can read the store;
+        // the registry's digest stays in an annotation.
+        let (manifest_bytes, manifest_digest, manifest, source_digest) =
+            match image::docker_to_oci(&manifest_bytes) {
+                Some(converted) => {
+                    let digest = Digest::sha256(&converted);
+                    let parsed = match image::parse(&converted, &digest, None)? {
+                        Parsed::Manifest(m) => m,
+                        Parsed::Index(_) => {
+                            return Err(ImageError::MediaType {
+                                what: "manifest",
+                                media_type: media::DOCKER_MANIFEST.into(),
+                            }
+                            .into())
+                        }
+                    };
+                    (converted, digest, parsed, Some(manifest_digest))
+                }
+                None => (manifest_bytes, manifest_digest, manifest, None),
+            };
         store.put(&manifest_bytes, Some(&manifest_digest))?;
         let mut descriptor = Descriptor::new(
             manifest.media_type.as_str().into(),
@@ -394,6 +386,11 @@ impl Client {
             None => built,
         };
         descriptor.set_platform(built.build().ok());
+        if let Some(source) = &source_digest {
+            descriptor.set_annotations(Some(
+                [(image::SOURCE_DIGEST.to_string(), source.to_string())].into_iter().collect(),
+            ));
+        }
         store.set(reference, descriptor)?;
         Ok(Pulled {
             reference: reference.clone(),
@@ -414,12 +411,28 @@ impl Client {
         let mut blobs: Vec<&Blob> = manifest.layers.iter().collect();
         blobs.push(&manifest.config);
         let remote = Client::remote(reference);
-        futures_util::stream::iter(
+        // Verified blobs stay in ingest/ until every one of them is: a failed pull then
+        // leaves nothing behind.
+        let staged = futures_util::stream::iter(
             blobs.into_iter().map(|b| self.fetch(store, &remote, b, report)),
         )
         .buffer_unordered(opts.max_concurrent_downloads.max(1))
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<Option<Staged>>>()
         .await?;
+        // The config must parse before anything lands.
+        let config = &manifest.config;
+        let bytes = match staged.iter().flatten().find(|s| s.digest() == &config.digest) {
+            Some(s) => std::fs::read(s.path()).map_err(|source| StoreError::Io {
+                action: "read",
+                path: s.path().to_path_buf(),
+                source,
+            })?,
+            None => store.read_metadata(&config.digest, "config")?,
+        };
+        image::parse_config(&bytes, &config.digest)?;
+        for blob in staged.into_iter().flatten() {
+            blob.commit()?;
+        }
         Ok(())
     }
 
@@ -429,10 +442,10 @@ impl Client {
         remote: &oci_client::Reference,
         blob: &Blob,
         report: &Reporter,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<Staged>, RegistryError> {
         if store.has_blob(&blob.digest) {
             report(Event::Exists { digest: blob.digest.clone() });
-            return Ok(());
+            return Ok(None);
         }
         let descriptor =
             oci_client::client::LayerDescriptor { digest: &blob.digest.to_string(), urls: &None };
@@ -458,9 +471,9 @@ impl Client {
                 report(Event::Progress { digest: blob.digest.clone(), done, total: blob.size });
             }
         }
-        writer.commit()?;
+        let staged = writer.verify()?;
         report(Event::Done { digest: blob.digest.clone() });
-        Ok(())
+        Ok(Some(staged))
     }
 
     /// Pushes a stored image to `target`: blobs the registry has are skipped, blobs from
@@ -470,6 +483,7 @@ impl Client {
         store: &Store,
         image: &image::Image,
         target: &Reference,
+        mount_from: &[Reference],
         report: &Reporter,
     ) -> Result<Digest, RegistryError> {
         let remote = Client::remote(target);
@@ -483,9 +497,12 @@ impl Client {
             digest: image.manifest_digest.clone(),
             layers: manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
         });
-        let source = (image.entry.name.registry() == target.registry()
-            && image.entry.name.repository() != target.repository())
-        .then(|| Client::remote(&image.entry.name));
+        let sources: Vec<oci_client::Reference> = mount_from
+            .iter()
+            .filter(|r| r.registry() == target.registry() && r.repository() != target.repository())
+            .take(3)
+            .map(Client::remote)
+            .collect();
         let mut blobs: Vec<&Blob> = manifest.layers.iter().collect();
         blobs.push(&manifest.config);
         for blob in blobs {
@@ -499,7 +516,8 @@ impl Client {
                 report(Event::Exists { digest: blob.digest.clone() });
                 continue;
             }
-            if let Some(source) = &source {
+            let mut mounted = false;
+            for source in &sources {
                 if self.inner.mount_blob(&remote, source, &digest).await.is_ok()
                     && self.inner.blob_exists(&remote, &digest).await.unwrap_or(false)
                 {
@@ -507,8 +525,12 @@ impl Client {
                         digest: blob.digest.clone(),
                         from: source.repository().to_string(),
                     });
-                    continue;
+                    mounted = true;
+                    break;
                 }
+            }
+            if mounted {
+                continue;
             }
             let path = store.blob_path(&blob.digest);
             let data = tokio::fs::read(&path).await.map_err(|source| StoreError::Io {
@@ -557,14 +579,17 @@ async fn ping(registry: &str, plain: bool, certs: &[Certificate]) -> Result<(), 
             Ok(())
         }
         Ok(r) => Err(format!("GET /v2/ answered {} (is this a registry?)", r.status())),
-        Err(e) => {
-            let mut detail = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                detail = s.to_string();
-                source = s.source();
-            }
-            Err(detail)
-        }
+        Err(e) => Err(deepest(&e)),
     }
+}
+
+/// The innermost cause's message ("Connection refused", "certificate verify failed").
+fn deepest(e: &dyn std::error::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    detail
 }

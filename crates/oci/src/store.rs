@@ -420,6 +420,12 @@ impl BlobWriter {
     /// Verifies the content and moves it into place; on any mismatch the temporary file
     /// is removed and nothing is stored.
     pub fn commit(self) -> Result<Digest, StoreError> {
+        self.verify()?.commit()
+    }
+
+    /// Verifies the content and syncs it, leaving it in `ingest/` until
+    /// [`Staged::commit`]; dropping the result removes it.
+    pub fn verify(self) -> Result<Staged, StoreError> {
         let actual = self.hasher.finish();
         if let Some((digest, size)) = &self.expected {
             if self.written != *size {
@@ -436,8 +442,32 @@ impl BlobWriter {
         let path = self.store.blob_path(&actual);
         self.file.as_file().sync_all().map_err(io_err("sync", &path))?;
         set_mode(self.file.as_file(), 0o644);
+        Ok(Staged { file: self.file, path, digest: actual })
+    }
+}
+
+/// A verified blob waiting in `ingest/` to be moved into place.
+#[derive(Debug)]
+pub struct Staged {
+    file: tempfile::NamedTempFile,
+    path: PathBuf,
+    digest: Digest,
+}
+
+impl Staged {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The verified content, still in `ingest/`.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn commit(self) -> Result<Digest, StoreError> {
+        let path = self.path;
         self.file.persist(&path).map_err(|e| io_err("store", &path)(e.error))?;
-        Ok(actual)
+        Ok(self.digest)
     }
 }
 

@@ -151,8 +151,9 @@ impl Registry {
     }
 
     /// skopeo's flags to reach this registry.
-    pub fn skopeo_flags(&self, dest: bool) -> Vec<String> {
-        let side = if dest { "dest" } else { "src" };
+    /// `side` is `Some("src")` or `Some("dest")` for `skopeo copy`, `None` for inspect.
+    pub fn skopeo_flags(&self, side: Option<&str>) -> Vec<String> {
+        let side = side.map(|s| format!("{s}-")).unwrap_or_default();
         let mut flags = Vec::new();
         match &self.ca {
             Some(ca) => {
@@ -160,12 +161,12 @@ impl Registry {
                 let dir = ca.parent().unwrap().join("certs");
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::copy(ca, dir.join("ca.crt")).unwrap();
-                flags.push(format!("--{side}-cert-dir={}", dir.display()));
+                flags.push(format!("--{side}cert-dir={}", dir.display()));
             }
-            None => flags.push(format!("--{side}-tls-verify=false")),
+            None => flags.push(format!("--{side}tls-verify=false")),
         }
         if let Some((u, p)) = &self.auth {
-            flags.push(format!("--{side}-creds={u}:{p}"));
+            flags.push(format!("--{side}creds={u}:{p}"));
         }
         flags
     }
@@ -176,7 +177,7 @@ impl Registry {
         sh(Command::new("skopeo")
             .arg("copy")
             .arg("--quiet")
-            .args(self.skopeo_flags(true))
+            .args(self.skopeo_flags(Some("dest")))
             .args(extra)
             .arg(source)
             .arg(format!("docker://{}/{name}", self.addr)));
@@ -186,7 +187,7 @@ impl Registry {
     pub fn inspect_raw(&self, name: &str) -> serde_json::Value {
         let out = sh(Command::new("skopeo")
             .args(["inspect", "--raw"])
-            .args(self.skopeo_flags(false))
+            .args(self.skopeo_flags(None))
             .arg(format!("docker://{}/{name}", self.addr)));
         serde_json::from_str(&out).unwrap()
     }
@@ -212,4 +213,53 @@ pub fn busybox() -> &'static Path {
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A tiny HTTP server that answers `/v2/` and serves one fixed manifest for any
+/// `/v2/…/manifests/…`, whatever it holds (docker-registry refuses to serve bad ones).
+pub struct FakeRegistry {
+    pub addr: String,
+}
+
+impl FakeRegistry {
+    pub fn serving(manifest: Vec<u8>, content_type: &'static str) -> FakeRegistry {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let (status, body, kind): (&str, &[u8], &str) = if path == "/v2/" {
+                    ("200 OK", b"{}", "application/json")
+                } else if path.contains("/manifests/") {
+                    ("200 OK", &manifest, content_type)
+                } else {
+                    (
+                        "404 Not Found",
+                        b"{\"errors\":[{\"code\":\"BLOB_UNKNOWN\",\"message\":\"no\"}]}",
+                        "application/json",
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(body);
+            }
+        });
+        FakeRegistry { addr }
+    }
 }

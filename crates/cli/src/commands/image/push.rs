@@ -25,12 +25,19 @@ pub fn run(args: PushArgs, context: &Context) -> anyhow::Result<()> {
         Some(d) => d.parse()?,
         None => image.entry.name.clone(),
     };
+    // Other names of this image on the same registry: its blobs may be mounted from there.
+    let mount_from: Vec<Reference> = store
+        .entries()?
+        .into_iter()
+        .filter(|e| e.digest() == image.manifest_digest)
+        .map(|e| e.name)
+        .collect();
     let opts = args.registry.options(context, target.registry());
     let report = progress::reporter(args.quiet, "upload");
     let credentials = super::credentials(context);
     let digest = block_on(async {
         let client = Client::connect(target.registry(), &opts, &credentials, &report).await?;
-        client.push(&store, &image, &target, &report).await
+        client.push(&store, &image, &target, &mount_from, &report).await
     })??;
     println!("{}@{digest}", target.name());
     Ok(())
