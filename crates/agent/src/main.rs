@@ -4,12 +4,15 @@
 //! request or on a fatal error, syncs and powers the VM off. It logs to the console, which the
 //! host keeps as the VM's boot log.
 
+mod container;
 mod fs;
 mod log;
 mod mounts;
 mod power;
+mod process;
 mod reaper;
 mod server;
+mod users;
 mod vsock;
 
 use std::time::Duration;

@@ -3,9 +3,13 @@
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 pub fn power_off() -> ! {
     crate::log::info(format_args!("syncing filesystems and powering off"));
+    stop_all_processes();
     nix::unistd::sync();
     unmount_all();
     let err = match reboot(RebootMode::RB_AUTOBOOT) {
@@ -15,6 +19,20 @@ pub fn power_off() -> ! {
     crate::log::error(format_args!("reboot failed: {err}"));
     // PID 1 exiting panics the kernel, and `panic=-1` turns that into a reboot too.
     std::process::exit(1);
+}
+
+/// Kills every other process and reaps them (briefly), so no container's mount namespace
+/// keeps a disk busy.
+fn stop_all_processes() {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Err(_) => return, // ECHILD: none left
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Unmounts everything mounted after boot, newest first, so read-write ext4 disks end with a

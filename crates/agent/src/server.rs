@@ -1,13 +1,17 @@
 //! The agent's gRPC service.
 
+use crate::container::Containers;
+use crate::process::Processes;
 use crate::{log, vsock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use vessel_proto::agent::agent_server::{Agent, AgentServer};
 use vessel_proto::agent::{
-    InfoRequest, InfoResponse, MountRequest, MountResponse, ReadDirRequest, ReadDirResponse,
-    ShutdownRequest, ShutdownResponse,
+    CreateContainerRequest, CreateContainerResponse, InfoRequest, InfoResponse, MountRequest,
+    MountResponse, ReadDirRequest, ReadDirResponse, ResizeTerminalRequest, ResizeTerminalResponse,
+    ShutdownRequest, ShutdownResponse, SignalProcessRequest, SignalProcessResponse,
+    StartProcessRequest, StartProcessResponse, WaitProcessRequest, WaitProcessResponse,
 };
 use vessel_proto::ports;
 
@@ -29,6 +33,8 @@ pub enum ServeError {
 struct AgentService {
     ready_uptime_ms: u64,
     shutdown: watch::Sender<bool>,
+    /// One lock for both: starting a process reads and updates its container.
+    state: tokio::sync::Mutex<(Containers, Processes)>,
 }
 
 #[tonic::async_trait]
@@ -78,6 +84,55 @@ impl Agent for AgentService {
         let entries = crate::fs::read_dir(&request.get_ref().path)?;
         Ok(Response::new(ReadDirResponse { entries }))
     }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.state.lock().await.0.create(request.get_ref())?;
+        Ok(Response::new(CreateContainerResponse {}))
+    }
+
+    async fn start_process(
+        &self,
+        request: Request<StartProcessRequest>,
+    ) -> Result<Response<StartProcessResponse>, Status> {
+        let mut state = self.state.lock().await;
+        let (containers, processes) = &mut *state;
+        let pid = processes.start(containers, request.into_inner()).await?;
+        Ok(Response::new(StartProcessResponse { pid }))
+    }
+
+    async fn wait_process(
+        &self,
+        request: Request<WaitProcessRequest>,
+    ) -> Result<Response<WaitProcessResponse>, Status> {
+        let mut exit = self.state.lock().await.1.exit_watch(&request.get_ref().process_id)?;
+        let exit = exit
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Status::internal("the process's exit was lost"))?
+            .expect("wait_for returns a Some");
+        Ok(Response::new(crate::process::wait_response(exit)))
+    }
+
+    async fn signal_process(
+        &self,
+        request: Request<SignalProcessRequest>,
+    ) -> Result<Response<SignalProcessResponse>, Status> {
+        let request = request.get_ref();
+        self.state.lock().await.1.signal(&request.process_id, request.signal)?;
+        Ok(Response::new(SignalProcessResponse {}))
+    }
+
+    async fn resize_terminal(
+        &self,
+        request: Request<ResizeTerminalRequest>,
+    ) -> Result<Response<ResizeTerminalResponse>, Status> {
+        let request = request.get_ref();
+        self.state.lock().await.1.resize(&request.process_id, request.rows, request.columns)?;
+        Ok(Response::new(ResizeTerminalResponse {}))
+    }
 }
 
 /// Serves until the host asks for a shutdown; returns once the reply had time to leave.
@@ -89,7 +144,11 @@ pub async fn run() -> Result<(), ServeError> {
     tokio::spawn(vsock::serve_echo(echo));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready_uptime_ms = u64::try_from(uptime().as_millis()).unwrap_or(u64::MAX);
-    let service = AgentService { ready_uptime_ms, shutdown: shutdown_tx };
+    let service = AgentService {
+        ready_uptime_ms,
+        shutdown: shutdown_tx,
+        state: tokio::sync::Mutex::new(Default::default()),
+    };
 
     let incoming = futures_util::stream::unfold(listener, |listener| async move {
         let connection = vsock::accept(&listener).await;

@@ -1,11 +1,14 @@
 //! The host's client for the guest agent (vessel-init), over the VM's vsock.
 
+use crate::process::ProcessExit;
 use crate::RuntimeError;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use vessel_proto::agent::agent_client::AgentClient as GrpcClient;
 use vessel_proto::agent::{
-    DirEntry, InfoRequest, InfoResponse, MountRequest, ReadDirRequest, ShutdownRequest,
+    CreateContainerRequest, DirEntry, InfoRequest, InfoResponse, MountRequest, ReadDirRequest,
+    ResizeTerminalRequest, ShutdownRequest, SignalProcessRequest, StartProcessRequest,
+    WaitProcessRequest,
 };
 use vessel_proto::ports;
 use vessel_vm::vsock::HostVsock;
@@ -65,6 +68,52 @@ impl AgentClient {
         Ok(response.into_inner().entries)
     }
 
+    pub async fn create_container(
+        &mut self,
+        request: CreateContainerRequest,
+    ) -> Result<(), RuntimeError> {
+        self.grpc.create_container(request).await.map_err(call_error("CreateContainer"))?;
+        Ok(())
+    }
+
+    /// Starts a process; see [`crate::process::start`] for the stdio side.
+    pub async fn start_process(
+        &mut self,
+        request: StartProcessRequest,
+    ) -> Result<u32, RuntimeError> {
+        let response =
+            self.grpc.start_process(request).await.map_err(call_error("StartProcess"))?;
+        Ok(response.into_inner().pid)
+    }
+
+    pub async fn wait_process(&mut self, process_id: &str) -> Result<ProcessExit, RuntimeError> {
+        let request = WaitProcessRequest { process_id: process_id.to_string() };
+        let exit = self.grpc.wait_process(request).await.map_err(call_error("WaitProcess"))?;
+        let exit = exit.into_inner();
+        Ok(ProcessExit { code: exit.exit_code, signal: (exit.signal != 0).then_some(exit.signal) })
+    }
+
+    pub async fn signal_process(
+        &mut self,
+        process_id: &str,
+        signal: i32,
+    ) -> Result<(), RuntimeError> {
+        let request = SignalProcessRequest { process_id: process_id.to_string(), signal };
+        self.grpc.signal_process(request).await.map_err(call_error("SignalProcess"))?;
+        Ok(())
+    }
+
+    pub async fn resize_terminal(
+        &mut self,
+        process_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), RuntimeError> {
+        let request = ResizeTerminalRequest { process_id: process_id.to_string(), rows, columns };
+        self.grpc.resize_terminal(request).await.map_err(call_error("ResizeTerminal"))?;
+        Ok(())
+    }
+
     /// Asks the guest to sync and power off. The VM ends shortly after the reply.
     pub async fn shutdown(&mut self) -> Result<(), RuntimeError> {
         self.grpc.shutdown(ShutdownRequest { force: false }).await.map_err(|status| {
@@ -72,4 +121,8 @@ impl AgentClient {
         })?;
         Ok(())
     }
+}
+
+fn call_error(call: &'static str) -> impl Fn(tonic::Status) -> RuntimeError {
+    move |status| RuntimeError::AgentCall { call, status: Box::new(status) }
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod check;
 pub mod host;
+pub mod process;
 pub mod sandbox;
 pub mod selftest;
 pub mod transfer;

@@ -43,6 +43,7 @@ impl SandboxOptions {
 pub struct Sandbox {
     vm: QemuVm,
     agent: AgentClient,
+    ports: crate::process::PortAllocator,
     /// When the VMM was started and when the agent said it serves.
     pub started: Instant,
     pub ready_after: Duration,
@@ -117,7 +118,7 @@ impl Sandbox {
                 return Err(err);
             }
         };
-        Ok(Sandbox { vm, agent, started, ready_after })
+        Ok(Sandbox { vm, agent, ports: Default::default(), started, ready_after })
     }
 
     pub fn agent(&mut self) -> &mut AgentClient {
@@ -126,6 +127,15 @@ impl Sandbox {
 
     pub fn vm(&self) -> &QemuVm {
         &self.vm
+    }
+
+    /// Starts a process in one of this sandbox's containers.
+    pub async fn start_process(
+        &mut self,
+        spec: crate::process::ProcessSpec,
+        io: crate::process::ProcessIo,
+    ) -> Result<crate::process::ProcessHandle, RuntimeError> {
+        crate::process::start(self.vm.vsock(), &mut self.agent, &mut self.ports, spec, io).await
     }
 
     /// Asks the agent to power off, waits, and kills the VM if it does not end in time.

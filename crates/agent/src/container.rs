@@ -1,0 +1,121 @@
+//! Container root filesystems: the image's read-only ext4 and the container's writable
+//! ext4 joined with overlayfs, under /run/containers/<id>.
+
+use nix::mount::{mount, MsFlags};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tonic::Status;
+use vessel_proto::agent::CreateContainerRequest;
+
+const CONTAINERS_DIR: &str = "/run/containers";
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub rootfs: PathBuf,
+    pub hostname: String,
+    /// The container's first process, whose namespaces later processes join.
+    pub init_pid: Option<i32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Containers {
+    by_id: HashMap<String, Container>,
+}
+
+impl Containers {
+    pub fn get(&self, id: &str) -> Result<&Container, Status> {
+        self.by_id.get(id).ok_or_else(|| Status::not_found(format!("no container {id:?}")))
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Result<&mut Container, Status> {
+        self.by_id.get_mut(id).ok_or_else(|| Status::not_found(format!("no container {id:?}")))
+    }
+
+    pub fn create(&mut self, request: &CreateContainerRequest) -> Result<(), Status> {
+        let id = &request.container_id;
+        if !valid_id(id) {
+            return Err(Status::invalid_argument(format!("invalid container id {id:?}")));
+        }
+        if self.by_id.contains_key(id) {
+            return Err(Status::already_exists(format!("container {id} exists")));
+        }
+        let dir = Path::new(CONTAINERS_DIR).join(id);
+        let image = dir.join("image");
+        let rootfs = dir.join("rootfs");
+        mount_ext4(&request.image_device, &image, true)?;
+        if request.writable_device.is_empty() {
+            bind_read_only(&image, &rootfs)?;
+        } else {
+            let writable = dir.join("writable");
+            mount_ext4(&request.writable_device, &writable, false)?;
+            let (upper, work) = (writable.join("upper"), writable.join("work"));
+            for path in [&upper, &work, &rootfs] {
+                std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))?;
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.display(),
+                upper.display(),
+                work.display()
+            );
+            mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .map_err(|errno| {
+                Status::internal(format!("cannot mount the container's overlay: {errno}"))
+            })?;
+        }
+        let hostname =
+            if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };
+        self.by_id.insert(id.clone(), Container { rootfs, hostname, init_pid: None });
+        Ok(())
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+fn mount_ext4(device: &str, target: &Path, read_only: bool) -> Result<(), Status> {
+    std::fs::create_dir_all(target).map_err(|err| io_status("create", target, err))?;
+    let flags = if read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    mount(Some(device), target, Some("ext4"), flags, None::<&str>).map_err(|errno| {
+        Status::internal(format!("cannot mount {device} on {}: {errno}", target.display()))
+    })
+}
+
+fn bind_read_only(source: &Path, target: &Path) -> Result<(), Status> {
+    std::fs::create_dir_all(target).map_err(|err| io_status("create", target, err))?;
+    let fail = |errno| Status::internal(format!("cannot bind {}: {errno}", source.display()));
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(fail)?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(fail)
+}
+
+fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {
+    Status::internal(format!("cannot {action} {}: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_cannot_escape_the_containers_dir() {
+        assert!(super::valid_id("web-1.a_b"));
+        for bad in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(!super::valid_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Processes in a container, end to end: a busybox root filesystem written by our ext4
+//! writer, joined with a writable disk by overlayfs in a real VM, and processes started with
+//! their stdio relayed over vsock.
+
+use std::path::Path;
+use vessel_image::{create_empty, create_rootfs, RootfsOptions};
+use vessel_proto::agent::CreateContainerRequest;
+use vessel_runtime::process::{ProcessExit, ProcessIo, ProcessSpec};
+use vessel_runtime::sandbox::{Sandbox, SandboxOptions, SHUTDOWN_TIMEOUT};
+use vessel_runtime::Host;
+use vessel_vm::{Disk, VmExit};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A layer with a static busybox, its applets as symlinks, and a passwd with one user.
+fn busybox_layer(path: &Path) {
+    let busybox =
+        std::fs::read(BUSYBOX).expect("busybox-static is needed (apt-get install busybox-static)");
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let entry = |kind: tar::EntryType, name: &str, mode: u32, size: usize| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_path(name).unwrap();
+        header.set_mode(mode);
+        header.set_size(size as u64);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        header
+    };
+    for (dir, mode) in [
+        ("bin/", 0o755),
+        ("etc/", 0o755),
+        ("tmp/", 0o1777),
+        ("proc/", 0o555),
+        ("sys/", 0o555),
+        ("dev/", 0o755),
+        ("home/app/", 0o755),
+    ] {
+        let mut header = entry(tar::EntryType::Directory, dir, mode, 0);
+        header.set_cksum();
+        tar.append(&header, std::io::empty()).unwrap();
+    }
+    let mut header = entry(tar::EntryType::Regular, "bin/busybox", 0o755, busybox.len());
+    header.set_cksum();
+    tar.append(&header, &busybox[..]).unwrap();
+    for applet in ["sh", "cat", "echo", "hostname", "id", "pwd", "sleep", "seq", "wc", "ls"] {
+        let mut header = entry(tar::EntryType::Symlink, &format!("bin/{applet}"), 0o777, 0);
+        header.set_link_name("busybox").unwrap();
+        header.set_cksum();
+        tar.append(&header, std::io::empty()).unwrap();
+    }
+    for (name, content) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"),
+        ("etc/group", "root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
+    ] {
+        let mut header = entry(tar::EntryType::Regular, name, 0o644, content.len());
+        header.set_cksum();
+        tar.append(&header, content.as_bytes()).unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+fn spec(process_id: &str, args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        container_id: "box".into(),
+        process_id: process_id.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec!["GREETING=hello".into()],
+        ..Default::default()
+    }
+}
+
+/// Runs a process to its end; returns its exit, stdout and stderr.
+async fn run(
+    sandbox: &mut Sandbox,
+    spec: ProcessSpec,
+    stdin: Option<&'static [u8]>,
+) -> (ProcessExit, String, String) {
+    let (stdout_writer, mut stdout_reader) = tokio::io::duplex(1 << 20);
+    let (stderr_writer, mut stderr_reader) = tokio::io::duplex(1 << 20);
+    let io = ProcessIo {
+        stdin: stdin.map(|bytes| Box::new(bytes) as _),
+        stdout: Some(Box::new(stdout_writer)),
+        stderr: Some(Box::new(stderr_writer)),
+    };
+    let handle = sandbox.start_process(spec, io).await.unwrap();
+    let (exit, stdout, stderr) = tokio::join!(
+        async { handle.wait(sandbox.agent()).await.unwrap() },
+        read_all(&mut stdout_reader),
+        read_all(&mut stderr_reader)
+    );
+    (exit, stdout, stderr)
+}
+
+async fn read_all(reader: &mut tokio::io::DuplexStream) -> String {
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(reader, &mut text).await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn processes_run_in_the_container_with_their_stdio() {
+    let state = tempfile::tempdir().unwrap();
+    let layer = state.path().join("busybox.tar");
+    busybox_layer(&layer);
+    let (rootfs, writable) = (state.path().join("rootfs.img"), state.path().join("writable.img"));
+    create_rootfs(&rootfs, &[layer], &RootfsOptions::default(), &mut |_| {}).unwrap();
+    create_empty(&writable, 64 << 20, &RootfsOptions::default()).unwrap();
+
+    let host = Host::new(Some(state.path().join("root")));
+    let mut options = SandboxOptions::new(format!("process-{}", std::process::id()));
+    options.disks = vec![
+        Disk { path: rootfs.clone(), read_only: true },
+        Disk { path: writable.clone(), read_only: false },
+    ];
+    let mut sandbox = Sandbox::start(&host, options).await.unwrap();
+    sandbox
+        .agent()
+        .create_container(CreateContainerRequest {
+            container_id: "box".into(),
+            image_device: "/dev/vda".into(),
+            writable_device: "/dev/vdb".into(),
+            hostname: "boxhost".into(),
+        })
+        .await
+        .unwrap();
+
+    // The first process: new namespaces, a user from the image's passwd, a fresh workdir.
+    // It stays up (as a container's main process does) once it has said what it sees.
+    let mut first = spec(
+        "first",
+        &[
+            "sh",
+            "-c",
+            "echo out $GREETING; echo err >&2; hostname; id -u; id -G; pwd; echo $HOME; \
+                       echo $$; touch /tmp/made; exec >/dev/null 2>&1; exec sleep 600",
+        ],
+    );
+    first.user = "app".into();
+    first.cwd = "/work/dir".into();
+    let (stdout_writer, mut stdout_reader) = tokio::io::duplex(1 << 20);
+    let (stderr_writer, mut stderr_reader) = tokio::io::duplex(1 << 20);
+    let io = ProcessIo {
+        stdin: None,
+        stdout: Some(Box::new(stdout_writer)),
+        stderr: Some(Box::new(stderr_writer)),
+    };
+    let first = sandbox.start_process(first, io).await.unwrap();
+    let (stdout, stderr) = tokio::join!(read_all(&mut stdout_reader), read_all(&mut stderr_reader));
+    assert_eq!(stdout, "out hello\nboxhost\n1000\n1000 50\n/work/dir\n/home/app\n1\n");
+    assert_eq!(stderr, "err\n");
+
+    // Later processes join the first one's namespaces and see its files.
+    let (exit, stdout, _) =
+        run(&mut sandbox, spec("second", &["sh", "-c", "hostname; ls /tmp; echo $$"]), None).await;
+    assert_eq!(exit.code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..2], ["boxhost", "made"]);
+    assert_ne!(lines[2], "1", "an exec'd process is not the container's PID 1");
+
+    let (exit, _, _) = run(&mut sandbox, spec("three", &["sh", "-c", "exit 3"]), None).await;
+    assert_eq!(exit, ProcessExit { code: 3, signal: None });
+
+    // stdin reaches the process and its end of file too; large output arrives whole.
+    let (exit, stdout, _) = run(&mut sandbox, spec("cat", &["cat"]), Some(b"piped input\n")).await;
+    assert_eq!((exit.code, stdout.as_str()), (0, "piped input\n"));
+    let (exit, stdout, _) = run(&mut sandbox, spec("seq", &["seq", "1", "200000"]), None).await;
+    assert_eq!(exit.code, 0);
+    assert_eq!(stdout.len(), 1_288_895);
+    assert!(stdout.ends_with("\n199999\n200000\n"));
+
+    // A missing program is "not found", as the shell's 127 means.
+    let handle =
+        sandbox.start_process(spec("missing", &["no-such-program"]), ProcessIo::default()).await;
+    let err = handle.unwrap_err().to_string();
+    assert!(err.contains("starting the program failed: no such file or directory"), "{err}");
+
+    // Signals reach the process; its exit says which one ended it.
+    let sleeper = sandbox
+        .start_process(spec("sleeper", &["sleep", "60"]), ProcessIo::default())
+        .await
+        .unwrap();
+    sandbox.agent().signal_process("sleeper", 15).await.unwrap();
+    let exit = sleeper.wait(sandbox.agent()).await.unwrap();
+    assert_eq!(exit, ProcessExit { code: 143, signal: Some(15) });
+
+    // When the first process ends, the container stops taking new processes.
+    sandbox.agent().signal_process("first", 9).await.unwrap();
+    assert_eq!(first.wait(sandbox.agent()).await.unwrap().code, 137);
+    let late = sandbox.start_process(spec("late", &["true"]), ProcessIo::default()).await;
+    assert!(late.unwrap_err().to_string().contains("container box is not running"));
+
+    let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
+    assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);
+    for image in [&rootfs, &writable] {
+        let output = std::process::Command::new("e2fsck").arg("-fn").arg(image).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    }
+}
