@@ -18,6 +18,9 @@ pub struct PullArgs {
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not write the root filesystem snapshot now (it is written on first use)
+    #[arg(long)]
+    pub no_snapshot: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -37,7 +40,9 @@ pub fn run(args: PullArgs, context: &Context) -> anyhow::Result<()> {
     if !args.quiet {
         eprintln!("digest: {}", pulled.digest);
     }
-    super::snapshot(context, &store, &reference.to_string(), args.quiet)?;
+    if !args.no_snapshot {
+        super::snapshot(context, &store, &reference.to_string(), args.quiet)?;
+    }
     println!("{}", pulled.reference);
     Ok(())
 }
