@@ -26,10 +26,10 @@ impl AsyncRead for HostConnection {
     }
 }
 
-/// Guest-side vsock writes larger than this are split across virtqueue descriptors, which
-/// vhost-device-vsock (v0.3) cannot handle: it stalls the connection for good. Every write
-/// from the guest is therefore capped here.
-pub const MAX_GUEST_WRITE: usize = 32_000;
+/// The largest write the agent makes to a vsock stream at once. vessel-vsock takes any size
+/// (rust-vmm's vhost-device-vsock stalled on writes over ~32 KiB: docs/vsock.md); this only
+/// bounds the relay buffers.
+pub const MAX_GUEST_WRITE: usize = 64 * 1024;
 
 impl AsyncWrite for HostConnection {
     fn poll_write(

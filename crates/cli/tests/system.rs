@@ -73,8 +73,8 @@ fn selftest_sizes_the_vm() {
     assert_nothing_left(&root);
 }
 
-/// vhost-device-vsock stalls a connection for good when a guest write spans descriptors
-/// (over ~32 KiB); the agent caps its writes. 64 MiB each way, every byte checked.
+/// Both directions at once through one stream, every byte checked: rust-vmm's
+/// vhost-device-vsock stalled here (docs/vsock.md); our vessel-vsock must not.
 #[test]
 fn vsock_streams_carry_64_mib_each_way() {
     let root = TestRoot::new();
@@ -147,7 +147,8 @@ fn check_without_qemu_says_what_to_install() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("MISSING qemu"), "{stdout}");
     assert!(stdout.contains("fix: apt-get install qemu-system-x86"), "{stdout}");
-    assert!(stdout.contains("MISSING vhost-device-vsock"), "{stdout}");
+    // The vsock device is vessel's own and sits beside the binary.
+    assert!(stdout.contains("ok      vsock device"), "{stdout}");
 }
 
 #[test]

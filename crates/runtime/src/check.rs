@@ -36,12 +36,8 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
             program("VESSEL_QEMU", "qemu-system-x86_64", "apt-get install qemu-system-x86"),
         ),
         CheckItem::new(
-            "vhost-device-vsock",
-            program(
-                "VESSEL_VHOST_VSOCK",
-                "vhost-device-vsock",
-                "scripts/setup (or: cargo install vhost-device-vsock --version 0.3.0)",
-            ),
+            "vsock device",
+            program("VESSEL_VHOST_VSOCK", vessel_vm::qemu::VSOCK_DEVICE, "scripts/build --install"),
         ),
         CheckItem::new(
             "guest kernel",

@@ -1,4 +1,4 @@
-//! The host side of guest vsock in the hybrid model (Firecracker's, also vhost-device-vsock's):
+//! The host side of guest vsock in the hybrid model (Firecracker's, served by vessel-vsock):
 //! a Unix socket stands for the guest. The host connects to it and writes `CONNECT <port>\n`
 //! to reach a guest port; a guest connecting to host port P reaches `<socket>_P`.
 

@@ -1,9 +1,10 @@
 //! The QEMU `microvm` backend: a real, maintained VMM from the distribution that runs on
 //! every host we have, with KVM where the host allows and TCG elsewhere.
 //!
-//! Each VM is two host processes: `vhost-device-vsock` (the vsock device, served to QEMU over
-//! vhost-user because hosts often lack the vhost-vsock module) and QEMU itself. Both die with
-//! the process that started them, and the VM's runtime directory goes with the VM.
+//! Each VM is two host processes: `vessel-vsock` (our vsock device, served to QEMU over
+//! vhost-user because hosts often lack the vhost-vsock module; see docs/vsock.md) and QEMU
+//! itself. Both die with the process that started them, and the VM's runtime directory goes
+//! with the VM.
 
 mod cmdline;
 mod process;
@@ -16,7 +17,7 @@ use process::Child;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long vhost-device-vsock may take to create its socket.
+/// How long the vsock device may take to create its socket.
 const VSOCK_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Guest CID of every VM: each VM has its own vsock device, so they never clash.
@@ -31,7 +32,8 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// Finds the programs in `PATH` (or in `VESSEL_QEMU` / `VESSEL_VHOST_VSOCK`).
+    /// Finds the programs: `VESSEL_QEMU` / `VESSEL_VHOST_VSOCK` when set, else beside the
+    /// running binary (vessel-vsock is built and installed with vessel), else in `PATH`.
     pub fn discover(tsc_cache: PathBuf) -> Result<Self, VmError> {
         Ok(QemuBackend {
             qemu: find_program(
@@ -41,15 +43,19 @@ impl QemuBackend {
             )?,
             vhost_vsock: find_program(
                 "VESSEL_VHOST_VSOCK",
-                "vhost-device-vsock",
-                "run scripts/setup, or cargo install vhost-device-vsock",
+                VSOCK_DEVICE,
+                "build it with scripts/build (it installs beside vessel)",
             )?,
             tsc_cache,
         })
     }
 }
 
-/// A program named by `env_var`, else found in `PATH`.
+/// The vsock device program (crates/vsock).
+pub const VSOCK_DEVICE: &str = "vessel-vsock";
+
+/// A program named by `env_var`, else beside the running binary (or in the cargo target dir
+/// above a test binary), else found in `PATH`.
 pub fn find_program(env_var: &str, name: &str, hint: &'static str) -> Result<PathBuf, VmError> {
     if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
@@ -59,10 +65,17 @@ pub fn find_program(env_var: &str, name: &str, hint: &'static str) -> Result<Pat
             Err(VmError::Missing { what: "program", path, hint })
         };
     }
-    std::env::var_os("PATH")
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let beside_exe = exe_dir
+        .into_iter()
+        .flat_map(|dir| dir.ancestors().take(2).map(|dir| dir.join(name)).collect::<Vec<_>>());
+    let in_path: Vec<PathBuf> = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(name))
+        .collect();
+    beside_exe
+        .chain(in_path)
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| VmError::ProgramNotFound { program: name.to_string(), hint })
 }
@@ -102,7 +115,7 @@ impl Backend for QemuBackend {
         let accel = config.accel.resolve();
         let khz = crate::tsc::host_khz(&self.tsc_cache);
 
-        let vhost_log = paths.log("vhost-device-vsock");
+        let vhost_log = paths.log(VSOCK_DEVICE);
         let mut vhost = Child::spawn(
             &self.vhost_vsock,
             &[
