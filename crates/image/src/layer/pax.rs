@@ -1,5 +1,6 @@
 //! The PAX extended header records we honour: uid, gid, mtime and atime with
-//! nanoseconds, and `SCHILY.xattr.*` extended attributes.
+//! nanoseconds, and extended attributes as GNU tar / Go (`SCHILY.xattr.NAME`) and
+//! bsdtar (`LIBARCHIVE.xattr.URL-ENCODED-NAME` = base64) write them.
 
 use vessel_ext4::{Timestamp, Xattr};
 
@@ -57,11 +58,63 @@ pub fn parse<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Pax {
                 if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
                     p.xattrs.retain(|x| x.name != name);
                     p.xattrs.push(Xattr { name: name.to_vec(), value: v.to_vec() });
+                } else if let Some(name) = k.strip_prefix(b"LIBARCHIVE.xattr.") {
+                    // bsdtar writes both forms; the SCHILY one wins when present.
+                    if let (Some(name), Some(value)) = (percent_decode(name), base64_decode(v)) {
+                        if !p.xattrs.iter().any(|x| x.name == name) {
+                            p.xattrs.push(Xattr { name, value });
+                        }
+                    }
                 }
             }
         }
     }
     p
+}
+
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Standard base64, padding optional.
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s: Vec<u8> = s.iter().copied().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        match chunk.len() {
+            4 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]),
+            3 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8]),
+            2 => out.push((acc >> 16) as u8),
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -79,6 +132,26 @@ mod tests {
         assert_eq!(parse_time(b"12"), Some(Timestamp { secs: 12, nsec: 0 }));
         assert_eq!(parse_time(b"x"), None);
         assert_eq!(parse_time(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn libarchive_xattrs() {
+        assert_eq!(base64_decode(b"aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode(b"aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode(b"AAEC"), Some(vec![0, 1, 2]));
+        assert_eq!(base64_decode(b"a"), None);
+        assert_eq!(base64_decode(b"a!=="), None);
+        assert_eq!(percent_decode(b"user.a%20b"), Some(b"user.a b".to_vec()));
+        assert_eq!(percent_decode(b"user.%zz"), None);
+        let recs: Vec<(&[u8], &[u8])> = vec![
+            (b"LIBARCHIVE.xattr.user.x", b"dmFs"),
+            (b"LIBARCHIVE.xattr.user.both", b"bGli"),
+            (b"SCHILY.xattr.user.both", b"schily"),
+        ];
+        let mut p = parse(recs.into_iter());
+        p.xattrs.sort();
+        assert_eq!(p.xattrs[0], Xattr { name: b"user.both".to_vec(), value: b"schily".to_vec() });
+        assert_eq!(p.xattrs[1], Xattr { name: b"user.x".to_vec(), value: b"val".to_vec() });
     }
 
     #[test]
