@@ -10,6 +10,7 @@ pub mod media;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod transport;
 
 pub use digest::{Digest, DigestError};
 pub use reference::{Reference, ReferenceError};

@@ -10,6 +10,7 @@ use crate::image::{self, Blob, ImageError, Manifest, Parsed, Platform};
 use crate::media;
 use crate::reference::{host_of, Reference};
 use crate::store::{Staged, Store, StoreError};
+use crate::transport::{HttpError, Transport};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
@@ -130,7 +131,11 @@ pub fn is_loopback(registry: &str) -> bool {
 /// A client for one registry.
 pub struct Client {
     registry: String,
-    inner: oci_client::Client,
+    /// For pushes and logins, made on first use (see [`crate::transport`] for why).
+    inner: std::sync::OnceLock<oci_client::Client>,
+    config: Box<dyn Fn() -> oci_client::Client + Send + Sync>,
+    /// For pulls.
+    transport: Transport,
     auth: RegistryAuth,
     plain_http: bool,
 }
@@ -204,44 +209,75 @@ impl Client {
         report: &Reporter,
     ) -> Result<Client, RegistryError> {
         let certs = certificates(opts, registry)?;
-        let may_be_plain = is_loopback(registry) || opts.insecure.iter().any(|r| r == registry);
         let auth = match credentials.get(registry) {
             Some((user, password)) => RegistryAuth::Basic(user, password),
             None => RegistryAuth::Anonymous,
         };
-        let make = |plain: bool| {
-            let protocol = if plain {
-                ClientProtocol::HttpsExcept(vec![registry.to_string()])
-            } else {
-                ClientProtocol::Https
-            };
-            oci_client::Client::new(ClientConfig {
-                protocol,
-                extra_root_certificates: certs.clone(),
-                max_concurrent_download: opts.max_concurrent_downloads.max(1),
-                connect_timeout: Some(std::time::Duration::from_secs(15)),
-                read_timeout: Some(std::time::Duration::from_secs(120)),
-                ..Default::default()
-            })
-        };
-        let mut plain_http = false;
-        if may_be_plain {
-            // One request to /v2/ over HTTPS tells whether the registry speaks it.
-            let https = ping(registry, false, &certs).await;
-            if let Err(https_err) = https {
-                if ping(registry, true, &certs).await.is_ok() {
-                    plain_http = true;
-                    report(Event::PlainHttp { registry: registry.to_string() });
+        let make =
+            move |plain: bool, certs: Vec<Certificate>, registry: String, downloads: usize| {
+                let (protocol, tls_certs_only, extra_root_certificates) = if plain {
+                    let only = vec![Certificate {
+                        encoding: CertificateEncoding::Pem,
+                        data: NO_TRUST_PEM.as_bytes().to_vec(),
+                    }];
+                    (ClientProtocol::HttpsExcept(vec![registry]), only, Vec::new())
                 } else {
-                    return Err(RegistryError::Unreachable {
-                        registry: registry.to_string(),
-                        detail: https_err,
-                    });
+                    (ClientProtocol::Https, Vec::new(), certs)
+                };
+                oci_client::Client::new(ClientConfig {
+                    protocol,
+                    tls_certs_only,
+                    extra_root_certificates,
+                    max_concurrent_download: downloads,
+                    connect_timeout: Some(std::time::Duration::from_secs(15)),
+                    read_timeout: Some(std::time::Duration::from_secs(120)),
+                    ..Default::default()
+                })
+            };
+        let loopback = is_loopback(registry);
+        let insecure = opts.insecure.iter().any(|r| r == registry);
+        let mut plain_http = false;
+        if loopback || insecure {
+            // Loopback: plain HTTP first (nothing leaves the host, and a TLS server
+            // answers it with 400); --insecure: HTTPS first, as docker does.
+            let plain = || ping(registry, true, &certs);
+            let tls = || ping(registry, false, &certs);
+            let first = if loopback { plain().await } else { tls().await };
+            if first.is_ok() {
+                plain_http = loopback;
+            } else {
+                let second = if loopback { tls().await } else { plain().await };
+                match second {
+                    Ok(()) => plain_http = !loopback,
+                    Err(e) => {
+                        let detail = if loopback { e } else { first.err().unwrap_or(e) };
+                        return Err(RegistryError::Unreachable {
+                            registry: registry.to_string(),
+                            detail,
+                        });
+                    }
                 }
             }
+            if plain_http {
+                report(Event::PlainHttp { registry: registry.to_string() });
+            }
         }
-        let inner = make(plain_http);
-        Ok(Client { registry: registry.to_string(), inner, auth, plain_http })
+        let basic = match &auth {
+            RegistryAuth::Basic(user, password) => Some((user.clone(), password.clone())),
+            _ => None,
+        };
+        let scheme = if plain_http { "http" } else { "https" };
+        let transport = Transport::new(http_client(&certs, plain_http)?, scheme, registry, basic);
+        let (name, downloads) = (registry.to_string(), opts.max_concurrent_downloads.max(1));
+        let config = Box::new(move || make(plain_http, certs.clone(), name.clone(), downloads));
+        Ok(Client {
+            registry: registry.to_string(),
+            inner: std::sync::OnceLock::new(),
+            config,
+            transport,
+            auth,
+            plain_http,
+        })
     }
 
     pub fn plain_http(&self) -> bool {
@@ -276,7 +312,7 @@ impl Client {
             "vessel/login-check".into(),
             "latest".into(),
         );
-        match self.inner.list_tags(&probe, &self.auth, Some(1), None).await {
+        match self.oci().list_tags(&probe, &self.auth, Some(1), None).await {
             Ok(_) => Ok(()),
             Err(e) => match classify(&self.registry, "login", e) {
                 RegistryError::NotFound(_) => Ok(()),
@@ -285,13 +321,60 @@ impl Client {
         }
     }
 
-    async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, Digest), RegistryError> {
-        let remote = Client::remote(reference);
-        let (bytes, _) = self
-            .inner
-            .pull_manifest_raw(&remote, &self.auth, media::ACCEPTED_MANIFESTS)
+    fn oci(&self) -> &oci_client::Client {
+        self.inner.get_or_init(|| (self.config)())
+    }
+
+    fn http_error(&self, what: &str, e: HttpError) -> RegistryError {
+        let registry = self.registry.clone();
+        match e {
+            HttpError::Connect(detail) => RegistryError::Unreachable { registry, detail },
+            HttpError::Auth => RegistryError::Auth { registry },
+            HttpError::NotFound => RegistryError::NotFound(what.to_string()),
+            HttpError::Status(code, body) => RegistryError::Protocol {
+                registry,
+                detail: format!("HTTP {code} for {what}: {body}"),
+            },
+        }
+    }
+
+    /// The manifest `reference` names: its bytes, digest and declared content type.
+    async fn manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Digest, Option<String>), RegistryError> {
+        let what = reference.to_string();
+        let target = match (reference.digest(), reference.tag()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => crate::reference::DEFAULT_TAG.to_string(),
+        };
+        let mut response = self
+            .transport
+            .get(reference.repository(), &format!("manifests/{target}"), media::ACCEPTED_MANIFESTS)
             .await
-            .map_err(|e| classify(&self.registry, &reference.to_string(), e))?;
+            .map_err(|e| self.http_error(&what, e))?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(';').next().unwrap_or(h).trim().to_string());
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| RegistryError::Unreachable {
+            registry: self.registry.clone(),
+            detail: deepest(&e),
+        })? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > crate::store::MAX_METADATA {
+                return Err(RegistryError::Protocol {
+                    registry: self.registry.clone(),
+                    detail: format!(
+                        "the manifest of {what} is larger than {} bytes",
+                        crate::store::MAX_METADATA
+                    ),
+                });
+            }
+        }
         let digest = Digest::sha256(&bytes);
         if let Some(expected) = reference.digest() {
             let mut h = expected.hasher();
@@ -299,14 +382,14 @@ impl Client {
             let actual = h.finish();
             if &actual != expected {
                 return Err(RegistryError::ManifestDigest {
-                    reference: reference.to_string(),
+                    reference: what,
                     expected: expected.clone(),
                     actual,
                 });
             }
-            return Ok((bytes.to_vec(), expected.clone()));
+            return Ok((bytes, expected.clone(), content_type));
         }
-        Ok((bytes.to_vec(), digest))
+        Ok((bytes, digest, content_type))
     }
 
     /// Pulls `reference` for `opts.platform` into `store` and names it `reference`.
@@ -318,9 +401,9 @@ impl Client {
         report: &Reporter,
     ) -> Result<Pulled, RegistryError> {
         let _lease = store.lease()?;
-        let (bytes, digest) = self.manifest(reference).await?;
+        let (bytes, digest, content_type) = self.manifest(reference).await?;
         let (manifest_bytes, manifest_digest, manifest, index, platform) =
-            match image::parse(&bytes, &digest, None)? {
+            match image::parse(&bytes, &digest, content_type.as_deref())? {
                 Parsed::Manifest(m) => (bytes, digest, m, None, None),
                 Parsed::Index(entries) => {
                     let child =
@@ -330,7 +413,7 @@ impl Client {
                         .find(|(b, _)| b.digest == child.digest)
                         .and_then(|(_, p)| p.clone());
                     let pinned = reference.with_digest(child.digest.clone());
-                    let (child_bytes, child_digest) = self.manifest(&pinned).await?;
+                    let (child_bytes, child_digest, _) = self.manifest(&pinned).await?;
                     match image::parse(&child_bytes, &child_digest, Some(&child.media_type))? {
                         Parsed::Manifest(m) => {
                             (child_bytes, child_digest, m, Some(digest), platform)
@@ -447,23 +530,19 @@ impl Client {
             report(Event::Exists { digest: blob.digest.clone() });
             return Ok(None);
         }
-        let descriptor =
-            oci_client::client::LayerDescriptor { digest: &blob.digest.to_string(), urls: &None };
         let download =
             |detail: String| RegistryError::Download { digest: blob.digest.clone(), detail };
-        let mut stream = self
-            .inner
-            .pull_blob_stream(remote, &descriptor)
-            .await
-            .map_err(|e| match classify(&self.registry, &blob.digest.to_string(), e) {
-                RegistryError::Protocol { detail, .. } => download(detail),
-                other => other,
-            })?
-            .stream;
+        let what = blob.digest.to_string();
+        let mut response =
+            self.transport.get(remote.repository(), &format!("blobs/{what}"), &[]).await.map_err(
+                |e| match self.http_error(&what, e) {
+                    RegistryError::Protocol { detail, .. } => download(detail),
+                    other => other,
+                },
+            )?;
         let mut writer = store.writer(Some((blob.digest.clone(), blob.size)))?;
         let mut last = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| download(e.to_string()))?;
+        while let Some(chunk) = response.chunk().await.map_err(|e| download(deepest(&e)))? {
             writer.write_all(&chunk).map_err(|e| download(e.to_string()))?;
             let done = writer.written();
             if done - last >= 256 << 10 || done == blob.size {
@@ -488,7 +567,7 @@ impl Client {
     ) -> Result<Digest, RegistryError> {
         let remote = Client::remote(target);
         let what = target.to_string();
-        self.inner
+        self.oci()
             .auth(&remote, &self.auth, RegistryOperation::Push)
             .await
             .map_err(|e| classify(&self.registry, &what, e))?;
@@ -508,7 +587,7 @@ impl Client {
         for blob in blobs {
             let digest = blob.digest.to_string();
             let exists = self
-                .inner
+                .oci()
                 .blob_exists(&remote, &digest)
                 .await
                 .map_err(|e| classify(&self.registry, &what, e))?;
@@ -518,8 +597,8 @@ impl Client {
             }
             let mut mounted = false;
             for source in &sources {
-                if self.inner.mount_blob(&remote, source, &digest).await.is_ok()
-                    && self.inner.blob_exists(&remote, &digest).await.unwrap_or(false)
+                if self.oci().mount_blob(&remote, source, &digest).await.is_ok()
+                    && self.oci().blob_exists(&remote, &digest).await.unwrap_or(false)
                 {
                     report(Event::Mounted {
                         digest: blob.digest.clone(),
@@ -538,7 +617,7 @@ impl Client {
                 path: path.clone(),
                 source,
             })?;
-            self.inner
+            self.oci()
                 .push_blob(&remote, data, &digest)
                 .await
                 .map_err(|e| classify(&self.registry, &what, e))?;
@@ -549,7 +628,7 @@ impl Client {
             what: "manifest",
             media_type: manifest.media_type.clone(),
         })?;
-        self.inner
+        self.oci()
             .push_manifest_raw(&remote, bytes, content_type)
             .await
             .map_err(|e| classify(&self.registry, &what, e))?;
@@ -557,23 +636,28 @@ impl Client {
     }
 }
 
-fn http_client(certs: &[Certificate]) -> Result<reqwest::Client, RegistryError> {
-    let mut builder =
-        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
-    for cert in certs {
-        if let Ok(c) = reqwest::Certificate::from_pem(&cert.data) {
-            builder = builder.add_root_certificate(c);
-        }
-    }
+/// A CA certificate whose private key was thrown away when it was made. Given as the only
+/// root to clients that speak plain HTTP, it keeps reqwest from loading the system's CA
+/// bundle (about 100 ms with OpenSSL 3) for a client that never verifies anything.
+const NO_TRUST_PEM: &str = include_str!("no-trust.pem");
+
+fn http_client(certs: &[Certificate], plain: bool) -> Result<reqwest::Client, RegistryError> {
+    let builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+    let pem = |data: &[u8]| reqwest::Certificate::from_pem(data).ok();
+    let builder = if plain {
+        builder.tls_certs_only(pem(NO_TRUST_PEM.as_bytes()))
+    } else {
+        builder.tls_certs_merge(certs.iter().filter_map(|c| pem(&c.data)))
+    };
     builder
         .build()
         .map_err(|e| RegistryError::Protocol { registry: String::new(), detail: e.to_string() })
 }
 
-/// `GET /v2/`: any HTTP answer means the registry speaks this protocol.
+/// `GET /v2/`: a 200 or 401 answer means a registry speaks this protocol.
 async fn ping(registry: &str, plain: bool, certs: &[Certificate]) -> Result<(), String> {
     let scheme = if plain { "http" } else { "https" };
-    let client = http_client(certs).map_err(|e| e.to_string())?;
+    let client = http_client(certs, plain).map_err(|e| e.to_string())?;
     match client.get(format!("{scheme}://{registry}/v2/")).send().await {
         Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
             Ok(())
