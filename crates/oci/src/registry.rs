@@ -237,26 +237,39 @@ impl Client {
         let loopback = is_loopback(registry);
         let insecure = opts.insecure.iter().any(|r| r == registry);
         let mut plain_http = false;
+        // Each HTTP client costs ~70 ms of CA loading with native-tls: make at most one
+        // of each kind and use it for the pings and the pulls alike.
+        let mut plain_client = None;
+        let mut tls_client = None;
         if loopback || insecure {
             // Loopback: plain HTTP first (nothing leaves the host, and a TLS server
             // answers it with 400); --insecure: HTTPS first, as docker does.
-            let plain = || ping(registry, true, &certs);
-            let tls = || ping(registry, false, &certs);
-            let first = if loopback { plain().await } else { tls().await };
-            if first.is_ok() {
-                plain_http = loopback;
-            } else {
-                let second = if loopback { tls().await } else { plain().await };
-                match second {
-                    Ok(()) => plain_http = !loopback,
+            let order = if loopback { [true, false] } else { [false, true] };
+            let mut first_error = None;
+            for plain in order {
+                let client = http_client(&certs, plain)?;
+                let result = ping(&client, registry, plain).await;
+                if plain {
+                    plain_client = Some(client);
+                } else {
+                    tls_client = Some(client);
+                }
+                match result {
+                    Ok(()) => {
+                        plain_http = plain;
+                        first_error = None;
+                        break;
+                    }
                     Err(e) => {
-                        let detail = if loopback { e } else { first.err().unwrap_or(e) };
-                        return Err(RegistryError::Unreachable {
-                            registry: registry.to_string(),
-                            detail,
-                        });
+                        // Report HTTPS's failure: it is the one users should fix.
+                        if !plain || first_error.is_none() {
+                            first_error = Some(e);
+                        }
                     }
                 }
+            }
+            if let Some(detail) = first_error {
+                return Err(RegistryError::Unreachable { registry: registry.to_string(), detail });
             }
             if plain_http {
                 report(Event::PlainHttp { registry: registry.to_string() });
@@ -267,7 +280,11 @@ impl Client {
             _ => None,
         };
         let scheme = if plain_http { "http" } else { "https" };
-        let transport = Transport::new(http_client(&certs, plain_http)?, scheme, registry, basic);
+        let client = match (plain_http, plain_client, tls_client) {
+            (true, Some(c), _) | (false, _, Some(c)) => c,
+            _ => http_client(&certs, plain_http)?,
+        };
+        let transport = Transport::new(client, scheme, registry, basic);
         let (name, downloads) = (registry.to_string(), opts.max_concurrent_downloads.max(1));
         let config = Box::new(move || make(plain_http, certs.clone(), name.clone(), downloads));
         Ok(Client {
@@ -655,9 +672,8 @@ fn http_client(certs: &[Certificate], plain: bool) -> Result<reqwest::Client, Re
 }
 
 /// `GET /v2/`: a 200 or 401 answer means a registry speaks this protocol.
-async fn ping(registry: &str, plain: bool, certs: &[Certificate]) -> Result<(), String> {
+async fn ping(client: &reqwest::Client, registry: &str, plain: bool) -> Result<(), String> {
     let scheme = if plain { "http" } else { "https" };
-    let client = http_client(certs, plain).map_err(|e| e.to_string())?;
     match client.get(format!("{scheme}://{registry}/v2/")).send().await {
         Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
             Ok(())
