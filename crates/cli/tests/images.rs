@@ -531,3 +531,33 @@ fn bad_input_gives_one_clear_line_and_leaves_the_store_alone() {
     assert!(fresh.run(&["pull", "-q", &format!("{}/good", registry.addr)]).status.success());
     assert_eq!(std::fs::read_dir(fresh.path().join("images/ingest")).unwrap().count(), 0);
 }
+
+/// The Debian image from `debootstrap --variant=minbase` (built once, cached under
+/// /var/cache/vessel/test-images): pulled, written to ext4, checked with e2fsck and
+/// compared with the rootfs tarball it came from.
+#[test]
+fn debian_image_pulls_into_a_clean_snapshot() {
+    need("debugfs", "e2fsprogs");
+    let archive = sh(&mut Command::new(common::registry::repo().join("tests/images/debian")));
+    let registry = Registry::start();
+    registry.push(&format!("oci-archive:{}", archive.trim()), "debian:bookworm", &[]);
+    let root = TestRoot::new();
+    let name = format!("{}/debian:bookworm", registry.addr);
+    root.ok(&["pull", "-q", "--max-concurrent-downloads", "1", &name]);
+    let image = inspect(&root, &name);
+    assert_eq!(image["Config"]["Cmd"][0], "/bin/bash");
+    let snapshot = PathBuf::from(image["Snapshot"]["Path"].as_str().unwrap());
+    e2fsck(&snapshot);
+    let version =
+        sh(Command::new("debugfs").arg("-R").arg("cat /etc/debian_version").arg(&snapshot));
+    assert!(version.trim().starts_with("12."), "{version}");
+    let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /usr/bin").arg(&snapshot));
+    assert!(ls.contains("apt-get") && ls.contains("bash"), "{ls}");
+    // Round trip through save and load keeps the same image and snapshot key.
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("debian.tar");
+    root.ok(&["image", "save", "-o", saved.to_str().unwrap(), &name]);
+    let other = TestRoot::new();
+    other.ok(&["image", "load", "-q", "-i", saved.to_str().unwrap()]);
+    assert_eq!(inspect(&other, &name)["Snapshot"]["Key"], image["Snapshot"]["Key"]);
+}

@@ -377,6 +377,19 @@ mod tests {
         assert!("linux/arm64".parse::<Platform>().unwrap().matches("linux", "arm64", Some("v8")));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+                                json in "\\{\"(mediaType|schemaVersion|layers|config|manifests)\": ?[\\[\\]{}0-9\"a-z./+,:]{0,80}\\}") {
+            let d = Digest::sha256(&bytes);
+            let _ = parse(&bytes, &d, None);
+            let _ = parse(json.as_bytes(), &d, Some(media::OCI_MANIFEST));
+            let _ = parse(json.as_bytes(), &d, Some(media::DOCKER_LIST));
+            let _ = parse_config(json.as_bytes(), &d);
+            let _ = docker_to_oci(json.as_bytes());
+        }
+    }
+
     #[test]
     fn bad_manifests_are_errors() {
         let d = Digest::sha256(b"x");

@@ -24,6 +24,6 @@ pub fn run(args: ImportArgs, context: &Context) -> anyhow::Result<()> {
         vessel_oci::archive::import(&store, file, &name)?
     };
     super::snapshot(context, &store, &name.to_string(), args.quiet)?;
-    println!("{id}");
+    outln!("{id}");
     Ok(())
 }

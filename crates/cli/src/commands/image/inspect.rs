@@ -49,6 +49,6 @@ pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<()> {
             },
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -24,7 +24,7 @@ pub fn run(args: LoadArgs, context: &Context) -> anyhow::Result<()> {
     };
     for name in &names {
         super::snapshot(context, &store, &name.to_string(), args.quiet)?;
-        println!("Loaded image: {}", name.familiar());
+        outln!("Loaded image: {}", name.familiar());
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<()> {
         let mut seen = std::collections::BTreeSet::new();
         for image in &images {
             if seen.insert(image.id().clone()) {
-                println!("{}", image.id().short());
+                outln!("{}", image.id().short());
             }
         }
         return Ok(());
@@ -47,7 +47,7 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         Format::Table => {
             let rows: Vec<[String; 5]> = images
@@ -80,9 +80,9 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<()> {
                 }
                 out
             };
-            println!("{}", line(header));
+            outln!("{}", line(header));
             for row in &rows {
-                println!("{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+                outln!("{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
             }
         }
     }

@@ -1,6 +1,14 @@
 //! `vessel image …` and the docker-style shortcuts (`pull push images rmi tag`): thin
 //! adapters over vessel-oci (store, registry) and vessel-image (snapshots).
 
+/// `println!` that stops quietly when the reader went away (`vessel images | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod import;
 mod inspect;
 mod load;

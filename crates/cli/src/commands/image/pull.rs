@@ -43,6 +43,6 @@ pub fn run(args: PullArgs, context: &Context) -> anyhow::Result<()> {
     if !args.no_snapshot {
         super::snapshot(context, &store, &reference.to_string(), args.quiet)?;
     }
-    println!("{}", pulled.reference);
+    outln!("{}", pulled.reference);
     Ok(())
 }

@@ -39,6 +39,6 @@ pub fn run(args: PushArgs, context: &Context) -> anyhow::Result<()> {
         let client = Client::connect(target.registry(), &opts, &credentials, &report).await?;
         client.push(&store, &image, &target, &mount_from, &report).await
     })??;
-    println!("{}@{digest}", target.name());
+    outln!("{}@{digest}", target.name());
     Ok(())
 }

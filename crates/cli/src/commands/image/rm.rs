@@ -26,14 +26,14 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<()> {
         }
         for entry in &entries {
             if store.remove(&entry.name)?.is_some() {
-                println!("Untagged: {}", entry.name.familiar());
+                outln!("Untagged: {}", entry.name.familiar());
             }
         }
     }
     // Blobs and snapshots nothing needs any more; a concurrent pull defers this to prune.
     if let Some(report) = store.gc(false)? {
         if report.blobs > 0 {
-            println!("Deleted: {} blobs ({})", report.blobs, super::human_size(report.bytes));
+            outln!("Deleted: {} blobs ({})", report.blobs, super::human_size(report.bytes));
         }
     }
     super::snapshots(context).gc(&store)?;
