@@ -200,6 +200,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prepare_writes_the_snapshot_once_and_gc_removes_it() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("images")).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "etc/hostname", &b"hi\n"[..]).unwrap();
+        let name: vessel_oci::Reference = "localhost/p:1".parse().unwrap();
+        let id = vessel_oci::archive::import(&store, tar.into_inner().unwrap().as_slice(), &name)
+            .unwrap();
+        let prepared = prepare(root.path(), "localhost/p:1").unwrap();
+        assert_eq!(prepared.id, id);
+        assert!(prepared.snapshot.is_file());
+        let again = prepare(root.path(), &id.to_string()).unwrap();
+        assert_eq!(again.snapshot, prepared.snapshot);
+        assert!(matches!(
+            prepare(root.path(), "localhost/nothing:1"),
+            Err(SnapshotError::Image(_))
+        ));
+        store.remove(&name).unwrap();
+        assert_eq!(Snapshots::new(root.path()).gc(&store).unwrap(), 1);
+        assert!(!prepared.snapshot.exists());
+    }
+
+    #[test]
     fn chain_ids_follow_the_spec() {
         let a = format!("sha256:{}", "a".repeat(64));
         let b = format!("sha256:{}", "b".repeat(64));

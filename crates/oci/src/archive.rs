@@ -44,6 +44,8 @@ fn header(path: &str, size: u64, mode: u32) -> tar::Header {
     let _ = h.set_path(path);
     h.set_size(size);
     h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
