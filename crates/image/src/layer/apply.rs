@@ -67,12 +67,18 @@ pub fn apply_layer(
     let corrupt = |entry: Option<String>, source: io::Error| LayerError::Corrupt {
         layer: layer.to_string(),
         entry,
-        source,
+        source: tidy(source),
     };
     let mut stats = LayerStats::default();
     let entries = archive.entries().map_err(|e| corrupt(None, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt(None, e))?;
+        let mut entry = entry.map_err(|e| {
+            if stats.entries == 0 && e.kind() == io::ErrorKind::Other {
+                corrupt(None, io::Error::new(e.kind(), "not a tar archive (nor gzip or zstd)"))
+            } else {
+                corrupt(None, e)
+            }
+        })?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         match apply_entry(builder, &mut entry, tag) {
             Ok(bytes) => {
@@ -90,6 +96,22 @@ pub fn apply_layer(
         }
     }
     Ok(stats)
+}
+
+/// Error texts from the tar parser can quote raw header bytes: keep them printable and
+/// short.
+fn tidy(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() || c == char::REPLACEMENT_CHARACTER { '?' } else { c })
+        .take(160)
+        .collect();
+    if clean == text {
+        e
+    } else {
+        io::Error::new(e.kind(), clean)
+    }
 }
 
 fn timestamp(secs: u64) -> Timestamp {
