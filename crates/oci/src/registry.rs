@@ -122,6 +122,15 @@ pub struct Pulled {
     pub index: Option<Digest>,
 }
 
+/// Where a registry's API answers: Docker Hub's is not at `docker.io`.
+pub fn api_host(registry: &str) -> &str {
+    if registry == crate::reference::DEFAULT_REGISTRY {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
 /// True for `localhost` and 127.0.0.0/8 (and ::1).
 pub fn is_loopback(registry: &str) -> bool {
     let host = host_of(registry);
@@ -284,7 +293,7 @@ impl Client {
             (true, Some(c), _) | (false, _, Some(c)) => c,
             _ => http_client(&certs, plain_http)?,
         };
-        let transport = Transport::new(client, scheme, registry, basic);
+        let transport = Transport::new(client, scheme, api_host(registry), basic);
         let (name, downloads) = (registry.to_string(), opts.max_concurrent_downloads.max(1));
         let config = Box::new(move || make(plain_http, certs.clone(), name.clone(), downloads));
         Ok(Client {
@@ -674,7 +683,8 @@ fn http_client(certs: &[Certificate], plain: bool) -> Result<reqwest::Client, Re
 /// `GET /v2/`: a 200 or 401 answer means a registry speaks this protocol.
 async fn ping(client: &reqwest::Client, registry: &str, plain: bool) -> Result<(), String> {
     let scheme = if plain { "http" } else { "https" };
-    match client.get(format!("{scheme}://{registry}/v2/")).send().await {
+    let host = api_host(registry);
+    match client.get(format!("{scheme}://{host}/v2/")).send().await {
         Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED => {
             Ok(())
         }

@@ -12,6 +12,9 @@ pub struct TagArgs {
 
 pub fn run(args: TagArgs, context: &Context) -> anyhow::Result<()> {
     let target: Reference = args.target.parse()?;
+    if target.digest().is_some() {
+        anyhow::bail!("a tag cannot hold a digest: {} (give name:tag)", args.target);
+    }
     let store = super::store(context)?;
     let _lease = store.lease()?;
     let entry = store.lookup(&args.source)?.remove(0);
