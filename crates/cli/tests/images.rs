@@ -182,6 +182,20 @@ fn push_is_checked_by_pulling_back_with_skopeo() {
     // A second push finds everything there.
     let again = root.run(&["image", "push", &copy]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // Another registry has nothing to mount from: every blob is uploaded.
+    let second = Registry::start();
+    let uploaded = format!("{}/uploaded:1", second.addr);
+    let push = root.run(&["push", &name, &uploaded]);
+    assert!(push.status.success(), "{push:?}");
+    assert!(String::from_utf8_lossy(&push.stderr).contains("upload done"), "{push:?}");
+    let out = tempfile::tempdir().unwrap();
+    let mut command = Command::new("skopeo");
+    command.args(["copy", "--quiet"]).args(second.skopeo_flags(Some("src")));
+    command.arg(format!("docker://{uploaded}")).arg(format!("oci:{}:x", out.path().display()));
+    sh(&mut command);
+    let fresh = TestRoot::new();
+    fresh.ok(&["pull", "-q", &uploaded]);
+    assert_eq!(inspect(&fresh, &uploaded)["Id"], inspect(&root, &name)["Id"]);
 }
 
 #[test]

@@ -638,13 +638,14 @@ impl Client {
                 continue;
             }
             let path = store.blob_path(&blob.digest);
-            let data = tokio::fs::read(&path).await.map_err(|source| StoreError::Io {
+            let file = tokio::fs::File::open(&path).await.map_err(|source| StoreError::Io {
                 action: "read",
                 path: path.clone(),
                 source,
             })?;
+            let stream = upload_stream(file, blob.digest.clone(), blob.size, report.clone());
             self.oci()
-                .push_blob(&remote, data, &digest)
+                .push_blob_stream(&remote, stream, &digest, Some(blob.size))
                 .await
                 .map_err(|e| classify(&self.registry, &what, e))?;
             report(Event::Done { digest: blob.digest.clone() });
@@ -660,6 +661,33 @@ impl Client {
             .map_err(|e| classify(&self.registry, &what, e))?;
         Ok(image.manifest_digest.clone())
     }
+}
+
+/// A blob file as a stream of 1 MiB chunks, reporting progress as they go.
+fn upload_stream(
+    file: tokio::fs::File,
+    digest: Digest,
+    total: u64,
+    report: Reporter,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some((file, 0u64)), move |state| {
+        let (digest, report) = (digest.clone(), report.clone());
+        async move {
+            let (mut file, done) = state?;
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let done = done + n as u64;
+                    report(Event::Progress { digest, done, total });
+                    Some((Ok(bytes::Bytes::from(buf)), Some((file, done))))
+                }
+                Err(e) => Some((Err(OciDistributionError::IoError(e)), None)),
+            }
+        }
+    })
 }
 
 /// A CA certificate whose private key was thrown away when it was made. Given as the only
