@@ -575,3 +575,39 @@ fn debian_image_pulls_into_a_clean_snapshot() {
     other.ok(&["image", "load", "-q", "-i", saved.to_str().unwrap()]);
     assert_eq!(inspect(&other, &name)["Snapshot"]["Key"], image["Snapshot"]["Key"]);
 }
+
+/// A registry image whose layer is valid gzip but not a tar archive: the digests all
+/// match, so only writing the snapshot finds out. The pull fails with one line and the
+/// name is not kept.
+#[test]
+fn a_layer_that_is_not_a_tar_archive_is_not_kept() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+set -euo pipefail
+cd "$1"
+mkdir -p layout/blobs/sha256
+head -c 20000 /dev/urandom | gzip -c > layer.gz
+layer=$(sha256sum layer.gz | cut -d' ' -f1); lsize=$(stat -c %s layer.gz)
+diff=$(gzip -dc layer.gz | sha256sum | cut -d' ' -f1)
+mv layer.gz layout/blobs/sha256/$layer
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" > config
+config=$(sha256sum config | cut -d' ' -f1); csize=$(stat -c %s config)
+mv config layout/blobs/sha256/$config
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$config" "$csize" "$layer" "$lsize" > manifest
+manifest=$(sha256sum manifest | cut -d' ' -f1); msize=$(stat -c %s manifest)
+mv manifest layout/blobs/sha256/$manifest
+printf '{"imageLayoutVersion":"1.0.0"}' > layout/oci-layout
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"junk"}}]}' "$manifest" "$msize" > layout/index.json
+"#;
+    sh(Command::new("bash").arg("-c").arg(script).arg("bash").arg(dir.path()));
+    registry.push(&format!("oci:{}:junk", dir.path().join("layout").display()), "junk:1", &[]);
+    registry.push(&amd64(), "good:latest", &[]);
+    let root = TestRoot::new();
+    root.ok(&["pull", "-q", &format!("{}/good", registry.addr)]);
+    let before = state(&root);
+    let line = fail(&root, &["pull", &format!("{}/junk:1", registry.addr)]);
+    assert!(line.contains("snapshot"), "{line}");
+    assert_eq!(state(&root), before);
+    assert!(snapshots(&root).len() <= 1);
+}

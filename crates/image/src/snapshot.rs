@@ -153,9 +153,12 @@ impl Snapshots {
                 .into());
             }
         }
-        rootfs::create_rootfs(&path, &blobs, &RootfsOptions::default(), progress).map_err(
-            |source| SnapshotError::Rootfs { image: image.entry.name.familiar(), source },
-        )?;
+        if let Err(source) =
+            rootfs::create_rootfs(&path, &blobs, &RootfsOptions::default(), progress)
+        {
+            let _ = fs::remove_dir(&dir);
+            return Err(SnapshotError::Rootfs { image: image.entry.name.familiar(), source });
+        }
         Ok((path, true))
     }
 

@@ -120,6 +120,19 @@ pub struct Pulled {
     pub id: Digest,
     /// The digest of the index the manifest was chosen from, if any.
     pub index: Option<Digest>,
+    /// What the name meant before, to put back if the caller gives up on the image.
+    pub previous: Option<crate::store::Entry>,
+}
+
+impl Pulled {
+    /// Gives the name back its previous meaning (or removes it), as if the pull had not
+    /// happened; the blobs go at the next garbage collection.
+    pub fn undo(&self, store: &Store) -> Result<(), StoreError> {
+        match &self.previous {
+            Some(entry) => store.set(&entry.name, entry.descriptor.clone()).map(drop),
+            None => store.remove(&self.reference).map(drop),
+        }
+    }
 }
 
 /// Where a registry's API answers: Docker Hub's is not at `docker.io`.
@@ -500,12 +513,13 @@ impl Client {
                 [(image::SOURCE_DIGEST.to_string(), source.to_string())].into_iter().collect(),
             ));
         }
-        store.set(reference, descriptor)?;
+        let previous = store.set(reference, descriptor)?;
         Ok(Pulled {
             reference: reference.clone(),
             digest: manifest_digest,
             id: manifest.config.digest.clone(),
             index,
+            previous,
         })
     }
 

@@ -41,7 +41,12 @@ pub fn run(args: PullArgs, context: &Context) -> anyhow::Result<()> {
         eprintln!("digest: {}", pulled.digest);
     }
     if !args.no_snapshot {
-        super::snapshot(context, &store, &reference.to_string(), args.quiet)?;
+        // An image whose layers cannot be written is not kept.
+        if let Err(err) = super::snapshot(context, &store, &reference.to_string(), args.quiet) {
+            pulled.undo(&store)?;
+            let _ = store.gc(false);
+            return Err(err);
+        }
     }
     outln!("{}", pulled.reference);
     Ok(())
