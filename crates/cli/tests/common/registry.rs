@@ -200,13 +200,33 @@ impl Drop for Registry {
     }
 }
 
-/// The busybox test images (OCI archives for amd64 and arm64), built once per test run
-/// with tests/images/busybox.
+/// The busybox test images (OCI archives for amd64 and arm64), built with
+/// tests/images/busybox and cached in $VESSEL_CACHE/test-images (default
+/// /var/cache/vessel), keyed by the script and the busybox binary.
 pub fn busybox() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("vessel-busybox-").tempdir().unwrap().keep();
-        sh(Command::new(repo().join("tests/images/busybox")).arg(&dir));
+        use std::hash::{Hash, Hasher};
+        need("busybox", "busybox-static");
+        let script = repo().join("tests/images/busybox");
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(&script).unwrap().hash(&mut hasher);
+        std::fs::read("/bin/busybox").unwrap_or_default().hash(&mut hasher);
+        let cache = std::env::var_os("VESSEL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/vessel"))
+            .join("test-images");
+        let dir = cache.join(format!("busybox-{:016x}", hasher.finish()));
+        if !dir.join("busybox-arm64.tar").is_file() {
+            std::fs::create_dir_all(&cache).unwrap();
+            let tmp = tempfile::Builder::new().prefix(".busybox-").tempdir_in(&cache).unwrap();
+            sh(Command::new(&script).arg(tmp.path()));
+            // Another test binary may have won the race: either copy is fine.
+            let kept = tmp.keep();
+            if std::fs::rename(&kept, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&kept);
+            }
+        }
         dir
     })
 }
