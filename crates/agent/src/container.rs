@@ -12,6 +12,8 @@ const CONTAINERS_DIR: &str = "/run/containers";
 #[derive(Debug, Clone)]
 pub struct Container {
     pub rootfs: PathBuf,
+    /// The root is made read-only once the container's mounts are in place.
+    pub read_only: bool,
     pub hostname: String,
     /// The container's first process, whose namespaces later processes join.
     pub init_pid: Option<i32>,
@@ -43,35 +45,38 @@ impl Containers {
         let image = dir.join("image");
         let rootfs = dir.join("rootfs");
         mount_ext4(&request.image_device, &image, true)?;
-        if request.writable_device.is_empty() {
-            bind_read_only(&image, &rootfs)?;
+        let read_only = request.writable_device.is_empty();
+        // A read-only container still gets a small scratch upper layer, so its /proc, /sys
+        // and /dev mount points can be made; its first process then makes the whole root
+        // read-only (as runc does).
+        let writable = dir.join("writable");
+        if read_only {
+            std::fs::create_dir_all(&writable)
+                .map_err(|err| io_status("create", &writable, err))?;
+            let scratch = Some("size=1m,mode=0755");
+            mount(Some("tmpfs"), &writable, Some("tmpfs"), MsFlags::empty(), scratch).map_err(
+                |errno| Status::internal(format!("cannot mount scratch space: {errno}")),
+            )?;
         } else {
-            let writable = dir.join("writable");
             mount_ext4(&request.writable_device, &writable, false)?;
-            let (upper, work) = (writable.join("upper"), writable.join("work"));
-            for path in [&upper, &work, &rootfs] {
-                std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))?;
-            }
-            let options = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                image.display(),
-                upper.display(),
-                work.display()
-            );
-            mount(
-                Some("overlay"),
-                &rootfs,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
+        }
+        let (upper, work) = (writable.join("upper"), writable.join("work"));
+        for path in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.display(),
+            upper.display(),
+            work.display()
+        );
+        mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
             .map_err(|errno| {
                 Status::internal(format!("cannot mount the container's overlay: {errno}"))
             })?;
-        }
         let hostname =
             if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };
-        self.by_id.insert(id.clone(), Container { rootfs, hostname, init_pid: None });
+        self.by_id.insert(id.clone(), Container { rootfs, read_only, hostname, init_pid: None });
         Ok(())
     }
 }
@@ -89,20 +94,6 @@ fn mount_ext4(device: &str, target: &Path, read_only: bool) -> Result<(), Status
     mount(Some(device), target, Some("ext4"), flags, None::<&str>).map_err(|errno| {
         Status::internal(format!("cannot mount {device} on {}: {errno}", target.display()))
     })
-}
-
-fn bind_read_only(source: &Path, target: &Path) -> Result<(), Status> {
-    std::fs::create_dir_all(target).map_err(|err| io_status("create", target, err))?;
-    let fail = |errno| Status::internal(format!("cannot bind {}: {errno}", source.display()));
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(fail)?;
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(fail)
 }
 
 fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {

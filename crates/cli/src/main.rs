@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Exit code for vessel's own failures, as docker uses.
-const EXIT_VESSEL_FAILED: u8 = 125;
+pub const EXIT_VESSEL_FAILED: u8 = 125;
 
 #[derive(Debug, Parser)]
 #[command(name = "vessel", version, about = "Run each container in its own lightweight VM")]

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod check;
 pub mod host;
 pub mod process;
+pub mod run;
 pub mod sandbox;
 pub mod selftest;
 pub mod transfer;

@@ -124,6 +124,7 @@ impl Processes {
             rootfs: container.rootfs.clone(),
             stdio: child_stdio,
             terminal: request.terminal,
+            read_only_root: container.read_only,
         };
         let (pid, error_pipe) = spawn::spawn(spec).map_err(errno_status("start the process"))?;
         // Registered before the next await, so the reaper cannot miss this exit.

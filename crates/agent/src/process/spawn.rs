@@ -32,6 +32,8 @@ pub struct SpawnSpec {
     /// The child's stdin, stdout and stderr.
     pub stdio: [OwnedFd; 3],
     pub terminal: bool,
+    /// Make the root read-only once the container's mounts are in place.
+    pub read_only_root: bool,
 }
 
 /// Which step of the child's set-up failed; sent back with its errno.
@@ -158,6 +160,10 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
             step!(Step::Mounts, container_mounts(&spec.rootfs));
             nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
             step!(Step::PivotRoot, enter_root(&spec.rootfs));
+            if spec.read_only_root {
+                let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+                step!(Step::Mounts, mount(None::<&str>, "/", None::<&str>, flags, None::<&str>));
+            }
             step!(Step::Hostname, sethostname(&spec.hostname));
         }
     }

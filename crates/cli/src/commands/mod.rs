@@ -1,5 +1,6 @@
 //! One module per noun, one file per verb: thin adapters over vessel-runtime.
 
+mod container;
 pub mod image;
 pub mod registry;
 mod rootfs;
@@ -33,6 +34,8 @@ pub enum Command {
     Rmi(image::RmArgs),
     /// Give an image another name (`vessel image tag`)
     Tag(image::TagArgs),
+    /// Run a command in a new container, in its own VM
+    Run(container::run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +47,7 @@ pub enum RootfsCommand {
 pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::System(command) => system::run(command, context),
+        Command::Run(args) => container::run::run(args, context),
         Command::Rootfs(RootfsCommand::Create(args)) => {
             rootfs::create(args)?;
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,117 @@
+//! `vessel run` in the foreground, end to end: an image imported from a busybox-static root
+//! filesystem, a real VM per container, docker's exit codes.
+
+mod common;
+
+use common::{processes_mentioning, TestRoot};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const IMAGE: &str = "test/busybox:run";
+
+/// A root filesystem tarball made of the host's static busybox, imported as IMAGE.
+fn import_busybox(root: &TestRoot) {
+    let tree = root.path().join("busybox-rootfs");
+    for dir in ["bin", "etc", "tmp", "home/app"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .expect("busybox-static is needed (apt-get install busybox-static)");
+    for applet in ["sh", "echo", "cat", "id", "pwd", "touch", "hostname", "env"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        tree.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(tree.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let tarball = root.path().join("busybox-rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    root.ok(&["image", "import", tarball.to_str().unwrap(), IMAGE]);
+}
+
+fn assert_nothing_left(root: &TestRoot) {
+    let left = processes_mentioning(&root.path().display().to_string());
+    assert!(left.is_empty(), "processes outlived the container: {left:#?}");
+    for dir in ["run/vm", "containers"] {
+        let entries: Vec<_> = std::fs::read_dir(root.path().join(dir))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(entries.is_empty(), "{dir} outlived the container: {entries:?}");
+    }
+}
+
+#[test]
+fn run_passes_output_environment_and_exit_code() {
+    let root = TestRoot::new();
+    import_busybox(&root);
+    let env_file = root.path().join("env");
+    std::fs::write(&env_file, "# settings\nFROM_FILE=yes\n").unwrap();
+    let output = root.run(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-w",
+        "/work",
+        "-u",
+        "app",
+        "--hostname",
+        "box",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo $GREETING $FROM_FILE; pwd; id -u; hostname; echo oops >&2; exit 7",
+    ]);
+    assert_eq!(output.status.code(), Some(7), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi yes\n/work\n1000\nbox\n");
+    assert!(String::from_utf8_lossy(&output.stderr).ends_with("oops\n"));
+    assert_nothing_left(&root);
+}
+
+#[test]
+fn run_with_interactive_stdin_and_a_read_only_root() {
+    let root = TestRoot::new();
+    import_busybox(&root);
+    let mut child = root
+        .command(&["run", "-i", IMAGE, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "through stdin\n");
+
+    let output = root.run(&["run", "--read-only", IMAGE, "touch", "/made"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
+    assert_nothing_left(&root);
+}
+
+#[test]
+fn run_failures_use_dockers_exit_codes() {
+    let root = TestRoot::new();
+    import_busybox(&root);
+    let output = root.run(&["run", IMAGE, "no-such-command"]);
+    assert_eq!(output.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no such file or directory"));
+
+    let output = root.run(&["run", "test/absent:latest", "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("vessel: ") && stderr.lines().count() == 1, "{stderr}");
+    assert_nothing_left(&root);
+}
