@@ -89,21 +89,20 @@ pub fn spawn(spec: SpawnSpec) -> Result<(Pid, OwnedFd), Errno> {
     // SAFETY: the agent runs a single-threaded runtime, so the child is a full copy of the
     // only thread and may allocate; it ends in exec or _exit and never returns here.
     let forked = unsafe { fork() };
-    let restored = setns(&own_pid_ns, CloneFlags::CLONE_NEWPID);
+    if let Ok(ForkResult::Child) = forked {
+        drop(error_read);
+        let (step, errno) = child(&spec, join_fds.as_ref());
+        let mut record = [step as u8, 0, 0, 0, 0];
+        record[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+        let _ = nix::unistd::write(&error_write, &record);
+        // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
+        unsafe { libc::_exit(127) }
+    }
+    // The agent's own children go back to its own PID namespace, whatever fork did.
+    setns(&own_pid_ns, CloneFlags::CLONE_NEWPID)?;
     match forked? {
-        ForkResult::Child => {
-            drop(error_read);
-            let (step, errno) = child(&spec, join_fds.as_ref());
-            let mut record = [step as u8, 0, 0, 0, 0];
-            record[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-            let _ = nix::unistd::write(&error_write, &record);
-            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
-            unsafe { libc::_exit(127) }
-        }
-        ForkResult::Parent { child } => {
-            restored?;
-            Ok((child, error_read))
-        }
+        ForkResult::Parent { child } => Ok((child, error_read)),
+        ForkResult::Child => unreachable!("the child never gets here"),
     }
 }
 
