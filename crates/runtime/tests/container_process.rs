@@ -2,6 +2,8 @@
 //! writer, joined with a writable disk by overlayfs in a real VM, and processes started with
 //! their stdio relayed over vsock.
 
+mod common;
+
 use std::path::Path;
 use vessel_image::{create_empty, create_rootfs, RootfsOptions};
 use vessel_proto::agent::CreateContainerRequest;
@@ -194,7 +196,6 @@ async fn processes_run_in_the_container_with_their_stdio() {
     let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
     assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);
     for image in [&rootfs, &writable] {
-        let output = std::process::Command::new("e2fsck").arg("-fn").arg(image).output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+        common::assert_fsck_clean(image);
     }
 }

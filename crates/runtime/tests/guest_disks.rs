@@ -2,6 +2,8 @@
 //! layer (read-only) and an empty journaled disk (read-write), each listed by the agent.
 //! Boots a real VM; fails, never skips, when the kernel or QEMU is missing.
 
+mod common;
+
 use std::path::Path;
 use vessel_image::{create_empty, create_rootfs, RootfsOptions};
 use vessel_proto::agent::{FileType, MountRequest};
@@ -101,17 +103,6 @@ async fn guest_mounts_and_lists_images_from_our_writer() {
 
     // The read-write disk was unmounted cleanly: e2fsck finds nothing to fix.
     for image in [&rootfs, &writable] {
-        let output = std::process::Command::new("e2fsck")
-            .arg("-fn")
-            .arg(image)
-            .output()
-            .expect("e2fsck is needed (apt-get install e2fsprogs)");
-        assert!(
-            output.status.success(),
-            "e2fsck {}: {}{}",
-            image.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        common::assert_fsck_clean(image);
     }
 }
