@@ -18,7 +18,8 @@ pub struct ProcessSpec {
     pub env: Vec<String>,
     pub cwd: String,
     pub user: String,
-    pub terminal: bool,
+    /// Give the process a terminal of this size (rows, columns) instead of pipes.
+    pub terminal: Option<(u16, u16)>,
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -91,7 +92,7 @@ pub async fn start(
     spec: ProcessSpec,
     io: ProcessIo,
 ) -> Result<ProcessHandle, RuntimeError> {
-    let stderr = if spec.terminal { None } else { io.stderr };
+    let stderr = if spec.terminal.is_some() { None } else { io.stderr };
     let listen = |wanted: bool,
                   ports: &mut PortAllocator|
      -> Result<(u32, Option<UnixListener>), RuntimeError> {
@@ -123,7 +124,9 @@ pub async fn start(
         env: spec.env,
         cwd: spec.cwd,
         user: spec.user,
-        terminal: spec.terminal,
+        terminal: spec.terminal.is_some(),
+        rows: spec.terminal.map_or(0, |(rows, _)| rows.into()),
+        columns: spec.terminal.map_or(0, |(_, columns)| columns.into()),
         stdin_port,
         stdout_port,
         stderr_port,

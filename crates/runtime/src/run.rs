@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub cpus: u32,
     pub memory_mib: u32,
     pub read_only: bool,
+    /// A terminal for the process (`-t`): its initial size, then every change.
+    pub terminal: Option<tokio::sync::watch::Receiver<(u16, u16)>>,
     pub accel: Accel,
     pub echo_console: bool,
 }
@@ -117,10 +119,28 @@ async fn run_in(
                 .or_else(|| config.working_dir().clone())
                 .unwrap_or_default(),
             user: options.user.clone().or_else(|| config.user().clone()).unwrap_or_default(),
-            terminal: false,
+            terminal: options.terminal.as_ref().map(|size| *size.borrow()),
         };
         let process = sandbox.start_process(spec, io).await?;
-        process.wait(sandbox.agent()).await
+        let mut agent = sandbox.agent().clone();
+        let wait = process.wait(sandbox.agent());
+        match options.terminal.clone() {
+            None => wait.await,
+            Some(mut size) => {
+                // Window changes reach the process's terminal until it ends.
+                let resize = async move {
+                    while size.changed().await.is_ok() {
+                        let (rows, columns) = *size.borrow_and_update();
+                        let _ = agent.resize_terminal("main", rows.into(), columns.into()).await;
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    exit = wait => exit,
+                    () = resize => unreachable!("resizing never ends by itself"),
+                }
+            }
+        }
     }
     .await;
     let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await;

@@ -87,7 +87,14 @@ impl Processes {
         let stderr = connect(request.stderr_port).await?;
 
         let (child_stdio, relays, terminal) = if request.terminal {
-            let pty = openpty(None, None).map_err(errno_status("open a terminal"))?;
+            let size = nix::pty::Winsize {
+                ws_row: clamp_u16(request.rows),
+                ws_col: clamp_u16(request.columns),
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let size = (request.rows > 0 && request.columns > 0).then_some(&size);
+            let pty = openpty(size, None).map_err(errno_status("open a terminal"))?;
             let slave = pty.slave;
             let stdio = [dup(&slave)?, dup(&slave)?, slave];
             let relays = Relays {
@@ -164,8 +171,8 @@ impl Processes {
             )));
         };
         let size = libc::winsize {
-            ws_row: rows.min(u16::MAX as u32) as u16,
-            ws_col: columns.min(u16::MAX as u32) as u16,
+            ws_row: clamp_u16(rows),
+            ws_col: clamp_u16(columns),
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -293,6 +300,10 @@ fn ensure_workdir(rootfs: &Path, cwd: &str) -> Result<(), Status> {
     std::fs::create_dir_all(&path).map_err(|err| {
         Status::failed_precondition(format!("cannot create working directory {cwd}: {err}"))
     })
+}
+
+fn clamp_u16(value: u32) -> u16 {
+    u16::try_from(value).unwrap_or(u16::MAX)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {

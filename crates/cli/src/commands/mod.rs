@@ -71,7 +71,7 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
 pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let output = runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         tokio::select! {
@@ -79,5 +79,9 @@ pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> 
             _ = interrupt.recv() => anyhow::bail!("interrupted"),
             _ = terminate.recv() => anyhow::bail!("terminated"),
         }
-    })
+    });
+    // A read of our stdin may still block in a runtime thread (a terminal never ends):
+    // leave it behind rather than wait for it.
+    runtime.shutdown_background();
+    output
 }

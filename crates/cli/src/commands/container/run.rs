@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// Keep stdin open and pass it to the container
     #[arg(short, long)]
     interactive: bool,
-    /// Allocate a terminal (not yet: use -i without -t)
+    /// Give the container a terminal (with -i, this terminal is put in raw mode)
     #[arg(short, long)]
     tty: bool,
     /// Remove the container when it exits (foreground containers always are, for now)
@@ -60,8 +60,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    if args.tty {
-        anyhow::bail!("-t is not supported yet (run without it; -i passes stdin)");
+    if args.tty && args.interactive && !rustix::termios::isatty(std::io::stdin()) {
+        anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)");
     }
     let mut env = Vec::new();
     for file in &args.env_file {
@@ -86,6 +86,7 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
         cpus: args.cpus,
         memory_mib: u32::try_from(args.memory >> 20).unwrap_or(u32::MAX),
         read_only: args.read_only,
+        terminal: None,
         accel: args.accel,
         echo_console: context.debug,
     };
@@ -94,7 +95,15 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
         stdout: Some(Box::new(tokio::io::stdout())),
         stderr: Some(Box::new(tokio::io::stderr())),
     };
-    let result = super::super::block_on(vessel_runtime::run::run(&context.host, options, io))?;
+    // Raw mode lasts as long as the guard: keystrokes (Ctrl-C too) go to the container.
+    let _raw = (args.tty && args.interactive).then(terminal::RawMode::enter).transpose()?;
+    let result = super::super::block_on(async {
+        let mut options = options;
+        if args.tty {
+            options.terminal = Some(terminal::watch_size()?);
+        }
+        Ok::<_, anyhow::Error>(vessel_runtime::run::run(&context.host, options, io).await)
+    })??;
     match result {
         Ok(exit) => Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(u8::MAX))),
         Err(RunError::Runtime(RuntimeError::AgentCall { call: "StartProcess", status })) => {
@@ -106,5 +115,57 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
             }))
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+/// The local terminal: raw mode and its window size.
+mod terminal {
+    use rustix::termios::{tcgetattr, tcgetwinsize, tcsetattr, OptionalActions, Termios};
+    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::sync::watch;
+
+    /// Puts stdin's terminal in raw mode until dropped.
+    #[derive(Debug)]
+    pub struct RawMode {
+        saved: Termios,
+    }
+
+    impl RawMode {
+        pub fn enter() -> anyhow::Result<RawMode> {
+            let stdin = std::io::stdin();
+            let saved = tcgetattr(&stdin)?;
+            let mut raw = saved.clone();
+            raw.make_raw();
+            tcsetattr(&stdin, OptionalActions::Now, &raw)?;
+            Ok(RawMode { saved })
+        }
+    }
+
+    impl Drop for RawMode {
+        fn drop(&mut self) {
+            let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.saved);
+        }
+    }
+
+    /// The window size of our terminal (24x80 without one), and each change (SIGWINCH).
+    pub fn watch_size() -> anyhow::Result<watch::Receiver<(u16, u16)>> {
+        let (sender, receiver) = watch::channel(size());
+        let mut winch = signal(SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                if sender.send(size()).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    fn size() -> (u16, u16) {
+        [tcgetwinsize(std::io::stdout()), tcgetwinsize(std::io::stdin())]
+            .into_iter()
+            .flatten()
+            .find(|size| size.ws_row > 0 && size.ws_col > 0)
+            .map_or((24, 80), |size| (size.ws_row, size.ws_col))
     }
 }
