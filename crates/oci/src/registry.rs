@@ -736,7 +736,7 @@ async fn ping(client: &reqwest::Client, registry: &str, plain: bool) -> Result<(
 }
 
 /// The innermost cause's message ("Connection refused", "certificate verify failed").
-fn deepest(e: &dyn std::error::Error) -> String {
+pub(crate) fn deepest(e: &dyn std::error::Error) -> String {
     let mut detail = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -6,6 +6,7 @@
 //! `oci_client::Client` also builds a throwaway default HTTP client, which loads the
 //! system CA bundle (about 120 ms with OpenSSL 3), more than a small pull takes.
 
+use crate::registry::deepest;
 use std::sync::Mutex;
 
 /// Why a request failed.
@@ -26,16 +27,6 @@ pub struct Transport {
     credentials: Option<(String, String)>,
     token: Mutex<Option<String>>,
     basic: Mutex<bool>,
-}
-
-fn deepest(e: &dyn std::error::Error) -> String {
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    detail
 }
 
 /// `Bearer realm="…",service="…",scope="…"` → its parameters.
