@@ -66,16 +66,17 @@ impl Sandbox {
             });
         }
         // Until the VM owns the directory, a failure must remove it here.
-        let initramfs = write_initramfs(&init, &run_dir)
-            .and_then(|path| {
-                let owner = run_dir.join(OWNER_FILE);
-                std::fs::write(&owner, std::process::id().to_string())
-                    .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
-                Ok(path)
-            })
-            .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&run_dir);
-            })?;
+        let dir_guard = DirGuard(Some(run_dir.clone()));
+        let initramfs = write_initramfs(&init, &run_dir)?;
+        let owner = run_dir.join(OWNER_FILE);
+        std::fs::write(&owner, std::process::id().to_string())
+            .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
+        let vsock = vessel_vm::qemu::host_vsock(&run_dir);
+        let ready = vsock.listen(ports::READY).map_err(|source| RuntimeError::Io {
+            action: "listen for the agent on",
+            path: vsock.listen_path(ports::READY),
+            source,
+        })?;
         let config = VmConfig {
             name: options.name.clone(),
             kernel,
@@ -88,21 +89,10 @@ impl Sandbox {
             accel: options.accel,
             echo_console: options.echo_console,
         };
-        let vsock = vessel_vm::vsock::HostVsock::new(config.run_dir.join("vsock.sock"));
-        let ready = vsock.listen(ports::READY).map_err(|source| {
-            let _ = std::fs::remove_dir_all(&config.run_dir);
-            RuntimeError::Io {
-                action: "listen for the agent on",
-                path: vsock.listen_path(ports::READY),
-                source,
-            }
-        })?;
 
         let started = Instant::now();
-        let run_dir = config.run_dir.clone();
-        let mut vm = backend.boot(config).await.inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&run_dir);
-        })?;
+        let mut vm = backend.boot(config).await?;
+        dir_guard.disarm();
         tracing::debug!(vm = %options.name, pid = ?vm.pid(), "VM started");
         let ready_after = match wait_ready(&mut vm, ready).await {
             Ok(()) => started.elapsed(),
@@ -154,6 +144,23 @@ impl Sandbox {
         // Read before the VM (and its directory) is dropped.
         let console = std::fs::read_to_string(self.vm.boot_log()).unwrap_or_default();
         Ok(Stopped { exit, console })
+    }
+}
+
+/// Removes a VM directory when dropped, until the VM takes it over.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -164,6 +164,12 @@ fn devices_needed(config: &VmConfig) -> usize {
     2 + config.disks.len()
 }
 
+/// The host side of the vsock of the VM whose runtime directory is `run_dir`; known before
+/// the VM starts, so callers can listen for the guest first.
+pub fn host_vsock(run_dir: &Path) -> HostVsock {
+    HostVsock::new(run_dir.join("vsock.sock"))
+}
+
 struct RunPaths {
     dir: PathBuf,
     vhost_socket: PathBuf,
@@ -176,7 +182,7 @@ impl RunPaths {
         RunPaths {
             dir: dir.to_path_buf(),
             vhost_socket: dir.join("vhost-vsock.sock"),
-            vsock: dir.join("vsock.sock"),
+            vsock: host_vsock(dir).socket().to_path_buf(),
             console: dir.join("console.log"),
         }
     }
