@@ -109,7 +109,8 @@ fn run_failures_use_dockers_exit_codes() {
     assert_eq!(output.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such file or directory"));
 
-    let output = root.run(&["run", "test/absent:latest", "true"]);
+    // (--pull never: tests reach no registry but their own on 127.0.0.1)
+    let output = root.run(&["run", "--pull", "never", "test/absent:latest", "true"]);
     assert_eq!(output.status.code(), Some(125));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("vessel: ") && stderr.lines().count() == 1, "{stderr}");
@@ -185,5 +186,25 @@ fn run_with_a_terminal_follows_its_size() {
     wait_for("40 120");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(5));
+    assert_nothing_left(&root);
+}
+
+/// As `docker run`, a missing image is pulled first; progress goes to stderr, so stdout is
+/// the container's alone.
+#[test]
+fn run_pulls_a_missing_image() {
+    let registry = common::registry::Registry::start();
+    let archive = common::registry::busybox().join("busybox-amd64.tar");
+    registry.push(&format!("oci-archive:{}", archive.display()), "busybox:latest", &[]);
+    let root = TestRoot::new();
+    let image = format!("{}/busybox", registry.addr);
+    let output = root.run(&["run", "--rm", &image, "echo", "pulled and ran"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "pulled and ran\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Unable to find image"));
+
+    let output = root.run(&["run", "--pull", "never", "test/absent", "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("image not found"));
     assert_nothing_left(&root);
 }

@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// Accelerator: auto, kvm or tcg
     #[arg(long, default_value = "auto")]
     accel: Accel,
+    /// Pull the image: missing (default), always or never
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
+    #[command(flatten)]
+    registry: super::super::image::RegistryArgs,
     /// The image (name or id)
     image: String,
     /// The command and its arguments (default: the image's)
@@ -63,6 +68,7 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
     if args.tty && args.interactive && !rustix::termios::isatty(std::io::stdin()) {
         anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)");
     }
+    pull_if_needed(&args, context)?;
     let mut env = Vec::new();
     for file in &args.env_file {
         let text = std::fs::read_to_string(file)
@@ -116,6 +122,35 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Pulls the image when `--pull` asks for it, or when it is missing (as docker run does).
+fn pull_if_needed(args: &RunArgs, context: &Context) -> anyhow::Result<()> {
+    let missing = match super::super::image::store(context)?.find(&args.image) {
+        Ok(_) => false,
+        Err(vessel_oci::image::ImageError::NotFound(_)) => true,
+        Err(err) => return Err(err.into()),
+    };
+    let pull = match args.pull.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => missing,
+    };
+    if !pull {
+        return Ok(());
+    }
+    if missing {
+        eprintln!("Unable to find image '{}' locally", args.image);
+    }
+    let pull_args = super::super::image::PullArgs {
+        name: args.image.clone(),
+        platform: None,
+        max_concurrent_downloads: 3,
+        quiet: false,
+        no_snapshot: false,
+        registry: args.registry.clone(),
+    };
+    super::super::image::pull::pull(pull_args, context).map(drop)
 }
 
 /// The local terminal: raw mode and its window size.

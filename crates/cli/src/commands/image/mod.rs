@@ -15,7 +15,7 @@ mod load;
 mod ls;
 mod progress;
 mod prune;
-mod pull;
+pub mod pull;
 mod push;
 mod rm;
 mod save;
@@ -86,7 +86,7 @@ pub fn run(command: ImageCommand, context: &Context) -> anyhow::Result<ExitCode>
 }
 
 /// Flags of every command that talks to a registry.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Allow plain HTTP for this registry (loopback registries always may)
     #[arg(long)]

@@ -26,6 +26,13 @@ pub struct PullArgs {
 }
 
 pub fn run(args: PullArgs, context: &Context) -> anyhow::Result<()> {
+    let reference = pull(args, context)?;
+    outln!("{reference}");
+    Ok(())
+}
+
+/// Pulls (and snapshots) the image; progress goes to stderr, nothing to stdout.
+pub fn pull(args: PullArgs, context: &Context) -> anyhow::Result<Reference> {
     let reference: Reference = args.name.parse()?;
     let store = super::store(context)?;
     let mut opts = args.registry.options(context, reference.registry());
@@ -48,6 +55,5 @@ pub fn run(args: PullArgs, context: &Context) -> anyhow::Result<()> {
             return Err(err);
         }
     }
-    outln!("{}", pulled.reference);
-    Ok(())
+    Ok(pulled.reference)
 }
