@@ -17,6 +17,8 @@ pub struct Container {
     pub hostname: String,
     /// The container's first process, whose namespaces later processes join.
     pub init_pid: Option<i32>,
+    /// The container's cgroup (`/sys/fs/cgroup/<id>`); every process of it joins.
+    pub cgroup: PathBuf,
 }
 
 #[derive(Debug, Default)]
@@ -74,11 +76,38 @@ impl Containers {
             .map_err(|errno| {
                 Status::internal(format!("cannot mount the container's overlay: {errno}"))
             })?;
+        let cgroup = create_cgroup(id, request.memory_limit_bytes, request.cpu_millis)?;
         let hostname =
             if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };
-        self.by_id.insert(id.clone(), Container { rootfs, read_only, hostname, init_pid: None });
+        let container = Container { rootfs, read_only, hostname, init_pid: None, cgroup };
+        self.by_id.insert(id.clone(), container);
         Ok(())
     }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup for the container with its limits; the controllers are enabled for the root's
+/// children first (cgroup v2 only limits what the parent delegates).
+fn create_cgroup(id: &str, memory_limit: u64, cpu_millis: u32) -> Result<PathBuf, Status> {
+    let root = Path::new(CGROUP_ROOT);
+    let write = |path: &Path, value: &str| {
+        std::fs::write(path, value).map_err(|err| io_status("write", path, err))
+    };
+    write(&root.join("cgroup.subtree_control"), "+cpu +memory +pids +io")?;
+    let cgroup = root.join(id);
+    std::fs::create_dir_all(&cgroup).map_err(|err| io_status("create", &cgroup, err))?;
+    if memory_limit > 0 {
+        write(&cgroup.join("memory.max"), &memory_limit.to_string())?;
+        // No swap in the guest; say so, so tools reading the limits see it.
+        let _ = std::fs::write(cgroup.join("memory.swap.max"), "0");
+    }
+    if cpu_millis > 0 {
+        const PERIOD_US: u64 = 100_000;
+        let quota = u64::from(cpu_millis) * PERIOD_US / 1000;
+        write(&cgroup.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+    }
+    Ok(cgroup)
 }
 
 fn valid_id(id: &str) -> bool {

@@ -17,7 +17,7 @@ fn import_busybox(root: &TestRoot) {
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
         .expect("busybox-static is needed (apt-get install busybox-static)");
-    for applet in ["sh", "echo", "cat", "id", "pwd", "touch", "hostname", "env"] {
+    for applet in ["sh", "echo", "cat", "id", "pwd", "touch", "hostname", "env", "nproc"] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
     std::fs::write(
@@ -77,6 +77,28 @@ fn run_passes_output_environment_and_exit_code() {
     assert_eq!(output.status.code(), Some(7), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hi yes\n/work\n1000\nbox\n");
     assert!(String::from_utf8_lossy(&output.stderr).ends_with("oops\n"));
+    assert_nothing_left(&root);
+}
+
+/// `-m` and `--cpus` size the VM and limit the container's cgroup, which the container sees
+/// as its own /sys/fs/cgroup.
+#[test]
+fn run_limits_are_visible_inside() {
+    let root = TestRoot::new();
+    import_busybox(&root);
+    let output = root.run(&[
+        "run",
+        "-m",
+        "100m",
+        "--cpus",
+        "1.5",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; nproc",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "104857600\n150000 100000\n2\n");
     assert_nothing_left(&root);
 }
 

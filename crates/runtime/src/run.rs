@@ -12,6 +12,9 @@ use vessel_vm::{Accel, Disk};
 /// Size of a container's writable disk: sparse, so only what is written takes space.
 pub const WRITABLE_DISK_SIZE: u64 = 8 << 30;
 
+/// Guest memory beyond the container's limit: the kernel, vessel-init and page cache.
+pub const VM_MEMORY_OVERHEAD_MIB: u32 = 64;
+
 /// What to run: docker's `run` flags that shape the container.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -25,7 +28,10 @@ pub struct RunOptions {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
-    pub cpus: u32,
+    /// CPUs for the container (fractions allowed): the VM gets the next whole number, the
+    /// container's cgroup the exact share.
+    pub cpus: f64,
+    /// The container's memory limit; its VM gets `VM_MEMORY_OVERHEAD_MIB` more.
     pub memory_mib: u32,
     pub read_only: bool,
     /// A terminal for the process (`-t`): its initial size, then every change.
@@ -91,8 +97,8 @@ async fn run_in(
     }
     let short_id = &id[..12];
     let mut sandbox_options = SandboxOptions::new(short_id);
-    sandbox_options.cpus = options.cpus.max(1);
-    sandbox_options.memory_mib = options.memory_mib.max(128);
+    sandbox_options.cpus = (options.cpus.ceil() as u32).max(1);
+    sandbox_options.memory_mib = options.memory_mib.max(64).saturating_add(VM_MEMORY_OVERHEAD_MIB);
     sandbox_options.disks = disks;
     sandbox_options.accel = options.accel;
     sandbox_options.echo_console = options.echo_console;
@@ -105,6 +111,8 @@ async fn run_in(
                 image_device: "/dev/vda".into(),
                 writable_device: if options.read_only { String::new() } else { "/dev/vdb".into() },
                 hostname: options.hostname.clone().unwrap_or_else(|| short_id.to_string()),
+                memory_limit_bytes: u64::from(options.memory_mib.max(64)) << 20,
+                cpu_millis: (options.cpus * 1000.0).round() as u32,
             })
             .await?;
         let config = &prepared.config;

@@ -124,6 +124,8 @@ async fn processes_run_in_the_container_with_their_stdio() {
             image_device: "/dev/vda".into(),
             writable_device: "/dev/vdb".into(),
             hostname: "boxhost".into(),
+            memory_limit_bytes: 100 << 20,
+            cpu_millis: 500,
         })
         .await
         .unwrap();

@@ -132,6 +132,10 @@ impl Processes {
             stdio: child_stdio,
             terminal: request.terminal,
             read_only_root: container.read_only,
+            cgroup_procs: CString::new(
+                container.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes(),
+            )
+            .map_err(|_| Status::internal("cgroup path holds a NUL byte"))?,
         };
         let (pid, error_pipe) = spawn::spawn(spec).map_err(errno_status("start the process"))?;
         // Registered before the next await, so the reaper cannot miss this exit.

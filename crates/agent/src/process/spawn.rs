@@ -34,12 +34,15 @@ pub struct SpawnSpec {
     pub terminal: bool,
     /// Make the root read-only once the container's mounts are in place.
     pub read_only_root: bool,
+    /// The container's cgroup.procs file: the child moves itself in before anything else.
+    pub cgroup_procs: CString,
 }
 
 /// Which step of the child's set-up failed; sent back with its errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Step {
+    Cgroup = 9,
     Stdio = 1,
     Namespaces = 2,
     Mounts = 3,
@@ -53,13 +56,24 @@ pub enum Step {
 impl Step {
     pub fn from_byte(byte: u8) -> Option<Step> {
         use Step::*;
-        [Stdio, Namespaces, Mounts, PivotRoot, Hostname, Credentials, WorkingDirectory, Exec]
-            .into_iter()
-            .find(|step| *step as u8 == byte)
+        [
+            Cgroup,
+            Stdio,
+            Namespaces,
+            Mounts,
+            PivotRoot,
+            Hostname,
+            Credentials,
+            WorkingDirectory,
+            Exec,
+        ]
+        .into_iter()
+        .find(|step| *step as u8 == byte)
     }
 
     pub fn describe(self) -> &'static str {
         match self {
+            Step::Cgroup => "joining the container's cgroup",
             Step::Stdio => "setting up stdio",
             Step::Namespaces => "entering the container's namespaces",
             Step::Mounts => "mounting the container's /proc, /sys and /dev",
@@ -111,6 +125,7 @@ struct JoinFds {
     mnt: OwnedFd,
     uts: OwnedFd,
     ipc: OwnedFd,
+    cgroup: OwnedFd,
 }
 
 impl JoinFds {
@@ -122,7 +137,13 @@ impl JoinFds {
                 Mode::empty(),
             )
         };
-        Ok(JoinFds { pid: ns("pid")?, mnt: ns("mnt")?, uts: ns("uts")?, ipc: ns("ipc")? })
+        Ok(JoinFds {
+            pid: ns("pid")?,
+            mnt: ns("mnt")?,
+            uts: ns("uts")?,
+            ipc: ns("ipc")?,
+            cgroup: ns("cgroup")?,
+        })
     }
 }
 
@@ -135,6 +156,9 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
             }
         };
     }
+    // Join the container's cgroup first, so its limits cover everything that follows; a
+    // new container also gets its own cgroup namespace, so it sees its cgroup as the root.
+    step!(Step::Cgroup, join_cgroup(&spec.cgroup_procs));
     step!(Step::Stdio, setsid());
     for (target, fd) in spec.stdio.iter().enumerate() {
         // SAFETY: dup2 onto 0..=2 replaces the child's stdio; nothing else owns those numbers.
@@ -149,10 +173,13 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
             step!(Step::Namespaces, setns(&fds.mnt, CloneFlags::CLONE_NEWNS));
             step!(Step::Namespaces, setns(&fds.uts, CloneFlags::CLONE_NEWUTS));
             step!(Step::Namespaces, setns(&fds.ipc, CloneFlags::CLONE_NEWIPC));
+            step!(Step::Namespaces, setns(&fds.cgroup, CloneFlags::CLONE_NEWCGROUP));
         }
         None => {
-            let flags =
-                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            let flags = CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWCGROUP;
             step!(Step::Namespaces, unshare(flags));
             // Device nodes get exactly the modes asked for; processes get docker's umask.
             nix::sys::stat::umask(Mode::empty());
@@ -181,6 +208,12 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
         }
     }
     (Step::Exec, failure)
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`.
+fn join_cgroup(procs: &CString) -> Result<(), Errno> {
+    let fd = open(procs.as_c_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    nix::unistd::write(&fd, b"0").map(drop)
 }
 
 /// /proc, /sys and a minimal /dev inside the container's root, as docker provides them.

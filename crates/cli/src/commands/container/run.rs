@@ -41,10 +41,10 @@ pub struct RunArgs {
     /// The container's hostname
     #[arg(long)]
     hostname: Option<String>,
-    /// Virtual CPUs of the container's VM
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
-    /// Memory of the container's VM (e.g. 512m, 1g)
+    /// CPUs for the container, fractions allowed (its VM gets the next whole number)
+    #[arg(long, default_value_t = 1.0, value_parser = parse_cpus)]
+    cpus: f64,
+    /// Memory limit of the container (e.g. 512m, 1g); its VM gets 64 MiB more
     #[arg(short, long, default_value = "256m", value_parser = super::super::rootfs::parse_size)]
     memory: u64,
     /// Mount the container's root filesystem read-only
@@ -121,6 +121,13 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<ExitCode> {
             }))
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(cpus) if cpus > 0.0 && cpus <= 64.0 => Ok(cpus),
+        _ => Err(format!("invalid --cpus {value:?} (a number from 0.01 to 64)")),
     }
 }
 
