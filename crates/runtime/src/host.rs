@@ -117,29 +117,28 @@ fn existing(path: PathBuf, what: &'static str, hint: &str) -> Result<PathBuf, Ru
 }
 
 /// True when `path` is a statically linked ELF executable (no `PT_INTERP` program header).
+/// Reads only the headers, not the whole binary.
 pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
-    let bytes = std::fs::read(path)?;
+    use std::io::Read;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a 64-bit ELF file");
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+    let mut file = std::fs::File::open(path)?;
+    let mut header = [0u8; 64];
+    file.read_exact(&mut header).map_err(|_| bad())?;
+    if &header[..4] != b"\x7fELF" || header[4] != 2 {
         return Err(bad());
     }
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| bad())?);
-    let (phentsize, phnum) = (usize::from(u16_at(54)), usize::from(u16_at(56)));
-    let phoff = usize::try_from(phoff).map_err(|_| bad())?;
+    let u16_at = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
+    let phoff = u64::from_le_bytes(header[32..40].try_into().map_err(|_| bad())?);
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    let table_len = phentsize.checked_mul(phnum).filter(|len| *len <= 64 * 1024).ok_or_else(bad)?;
+    let mut table = vec![0u8; table_len];
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(phoff))?;
+    file.read_exact(&mut table).map_err(|_| bad())?;
     const PT_INTERP: u32 = 3;
-    for index in 0..phnum {
-        let at = index
-            .checked_mul(phentsize)
-            .and_then(|offset| offset.checked_add(phoff))
-            .filter(|at| at + 4 <= bytes.len())
-            .ok_or_else(bad)?;
-        let kind = u32::from_le_bytes(bytes[at..at + 4].try_into().map_err(|_| bad())?);
-        if kind == PT_INTERP {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(!table.chunks_exact(phentsize.max(4)).any(|entry| {
+        entry.len() >= 4
+            && u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) == PT_INTERP
+    }))
 }
 
 #[cfg(test)]

@@ -67,7 +67,12 @@ impl Sandbox {
         }
         // Until the VM owns the directory, a failure must remove it here.
         let dir_guard = DirGuard(Some(run_dir.clone()));
-        let initramfs = write_initramfs(&init, &run_dir)?;
+        let initramfs = cached_initramfs(host, &init)?;
+        std::fs::create_dir_all(&run_dir).map_err(|source| RuntimeError::Io {
+            action: "create",
+            path: run_dir.clone(),
+            source,
+        })?;
         let owner = run_dir.join(OWNER_FILE);
         std::fs::write(&owner, std::process::id().to_string())
             .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
@@ -235,20 +240,37 @@ async fn wait_ready(vm: &mut QemuVm, ready: tokio::net::UnixListener) -> Result<
     }
 }
 
-fn write_initramfs(
-    init: &std::path::Path,
-    run_dir: &std::path::Path,
-) -> Result<PathBuf, RuntimeError> {
+/// The initramfs for `init`, built once per build of vessel-init (keyed by its path, size
+/// and modification time) and shared by every VM, so a start reads and writes nothing.
+/// It lives in the runtime directory, which a host reboot clears.
+fn cached_initramfs(host: &Host, init: &std::path::Path) -> Result<PathBuf, RuntimeError> {
+    use sha2::Digest;
     let io_err = |action, path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| RuntimeError::Io { action, path, source }
     };
+    let metadata = std::fs::metadata(init).map_err(io_err("read", init))?;
+    let modified = metadata.modified().map_err(io_err("read", init))?;
+    let stamp = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let key = sha2::Sha256::new()
+        .chain_update(init.as_os_str().as_encoded_bytes())
+        .chain_update(metadata.len().to_le_bytes())
+        .chain_update(stamp.as_nanos().to_le_bytes())
+        .finalize();
+    let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let dir = host.run.join("initramfs");
+    let path = dir.join(format!("{key}.cpio"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let binary = std::fs::read(init).map_err(io_err("read", init))?;
-    std::fs::create_dir_all(run_dir).map_err(io_err("create", run_dir))?;
-    let path = run_dir.join("initramfs.cpio");
     let mut archive = Vec::with_capacity(binary.len() + 4096);
     vessel_vm::initramfs::write(&mut archive, &binary).map_err(io_err("build", &path))?;
-    std::fs::write(&path, archive).map_err(io_err("write", &path))?;
+    // Written under a unique name and renamed: concurrent starts never see half an archive.
+    let partial = dir.join(format!(".{key}.{}.partial", std::process::id()));
+    std::fs::write(&partial, archive).map_err(io_err("write", &partial))?;
+    std::fs::rename(&partial, &path).map_err(io_err("write", &path))?;
     Ok(path)
 }
 
