@@ -7,36 +7,19 @@ use common::{processes_mentioning, TestRoot};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-const IMAGE: &str = "test/busybox:run";
+/// The image the README's set-up makes (scripts/demo-image, from busybox-static).
+const IMAGE: &str = "vessel.local/busybox";
 
-/// A root filesystem tarball made of the host's static busybox, imported as IMAGE.
+/// Imports IMAGE into the test's root with the set-up's own script.
 fn import_busybox(root: &TestRoot) {
-    let tree = root.path().join("busybox-rootfs");
-    for dir in ["bin", "etc", "tmp", "home/app"] {
-        std::fs::create_dir_all(tree.join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
-        .expect("busybox-static is needed (apt-get install busybox-static)");
-    for applet in ["sh", "echo", "cat", "id", "pwd", "touch", "hostname", "env", "nproc"] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(
-        tree.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(tree.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    let tarball = root.path().join("busybox-rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&tree)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    root.ok(&["image", "import", tarball.to_str().unwrap(), IMAGE]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/demo-image");
+    let output = Command::new(script)
+        .arg("--root")
+        .arg(root.path())
+        .env("VESSEL", common::vessel_bin())
+        .output()
+        .expect("cannot run scripts/demo-image");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn assert_nothing_left(root: &TestRoot) {
@@ -66,7 +49,7 @@ fn run_passes_output_environment_and_exit_code() {
         "-w",
         "/work",
         "-u",
-        "app",
+        "nobody",
         "--hostname",
         "box",
         IMAGE,
@@ -75,7 +58,7 @@ fn run_passes_output_environment_and_exit_code() {
         "echo $GREETING $FROM_FILE; pwd; id -u; hostname; echo oops >&2; exit 7",
     ]);
     assert_eq!(output.status.code(), Some(7), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi yes\n/work\n1000\nbox\n");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi yes\n/work\n65534\nbox\n");
     assert!(String::from_utf8_lossy(&output.stderr).ends_with("oops\n"));
     assert_nothing_left(&root);
 }
