@@ -58,15 +58,10 @@ impl Host {
                 }),
             };
         }
-        let exe_dir =
-            std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+        use vessel_vm::qemu::beside_running_binary;
         let mut candidates = vec![PathBuf::from(INSTALLED_INIT)];
-        // Beside the binary, or in the cargo target dir it was built in: target/debug/vessel
-        // and test binaries in target/debug/deps both reach target/x86_64-unknown-linux-gnu/.
-        for dir in exe_dir.iter().flat_map(|dir| dir.ancestors().take(3)) {
-            candidates.push(dir.join("vessel-init"));
-            candidates.push(dir.join("x86_64-unknown-linux-gnu/guest/vessel-init"));
-        }
+        candidates.extend(beside_running_binary("vessel-init"));
+        candidates.extend(beside_running_binary("x86_64-unknown-linux-gnu/guest/vessel-init"));
         candidates.sort_by_key(|path| std::cmp::Reverse(modified(path)));
         for candidate in candidates {
             if candidate.is_file() && is_static_elf(&candidate).unwrap_or(false) {

@@ -54,6 +54,17 @@ impl QemuBackend {
 /// The vsock device program (crates/vsock).
 pub const VSOCK_DEVICE: &str = "vessel-vsock";
 
+/// Where `relative` would be beside the running binary, or in the cargo target dir it was
+/// built in (target/debug/vessel and test binaries in target/debug/deps both reach target/).
+pub fn beside_running_binary(relative: &str) -> Vec<PathBuf> {
+    let Some(exe_dir) =
+        std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf))
+    else {
+        return Vec::new();
+    };
+    exe_dir.ancestors().take(3).map(|dir| dir.join(relative)).collect()
+}
+
 /// A program named by `env_var`, else beside the running binary (or in the cargo target dir
 /// above a test binary), else found in `PATH`.
 pub fn find_program(env_var: &str, name: &str, hint: &'static str) -> Result<PathBuf, VmError> {
@@ -65,16 +76,14 @@ pub fn find_program(env_var: &str, name: &str, hint: &'static str) -> Result<Pat
             Err(VmError::Missing { what: "program", path, hint })
         };
     }
-    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let beside_exe = exe_dir
-        .into_iter()
-        .flat_map(|dir| dir.ancestors().take(2).map(|dir| dir.join(name)).collect::<Vec<_>>());
+    let beside_exe = beside_running_binary(name);
     let in_path: Vec<PathBuf> = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(name))
         .collect();
     beside_exe
+        .into_iter()
         .chain(in_path)
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| VmError::ProgramNotFound { program: name.to_string(), hint })
