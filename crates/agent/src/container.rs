@@ -94,7 +94,14 @@ fn create_cgroup(id: &str, memory_limit: u64, cpu_millis: u32) -> Result<PathBuf
     let write = |path: &Path, value: &str| {
         std::fs::write(path, value).map_err(|err| io_status("write", path, err))
     };
-    write(&root.join("cgroup.subtree_control"), "+cpu +memory +pids +io")?;
+    // Only what the kernel offers: one missing controller would fail the whole write.
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = ["cpu", "memory", "pids", "io"]
+        .into_iter()
+        .filter(|controller| available.split_whitespace().any(|c| c == *controller))
+        .map(|controller| format!("+{controller}"))
+        .collect();
+    write(&root.join("cgroup.subtree_control"), &wanted.join(" "))?;
     let cgroup = root.join(id);
     std::fs::create_dir_all(&cgroup).map_err(|err| io_status("create", &cgroup, err))?;
     if memory_limit > 0 {

@@ -5,6 +5,8 @@
 //! host keeps as the VM's boot log.
 
 mod container;
+mod container_init;
+mod copy;
 mod fs;
 mod log;
 mod mounts;
@@ -12,12 +14,17 @@ mod power;
 mod process;
 mod reaper;
 mod server;
+mod stats;
 mod users;
 mod vsock;
 
 use std::time::Duration;
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg.as_encoded_bytes() == container_init::FLAG.to_bytes()) {
+        container_init::main(&args);
+    }
     if std::process::id() != 1 {
         eprintln!("vessel-init: must run as PID 1 inside a vessel VM");
         std::process::exit(2);

@@ -8,10 +8,12 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use vessel_proto::agent::agent_server::{Agent, AgentServer};
 use vessel_proto::agent::{
-    CreateContainerRequest, CreateContainerResponse, InfoRequest, InfoResponse, MountRequest,
-    MountResponse, ReadDirRequest, ReadDirResponse, ResizeTerminalRequest, ResizeTerminalResponse,
+    CopyInRequest, CopyInResponse, CopyOutRequest, CopyOutResponse, CreateContainerRequest,
+    CreateContainerResponse, InfoRequest, InfoResponse, MountRequest, MountResponse,
+    ReadDirRequest, ReadDirResponse, ResizeTerminalRequest, ResizeTerminalResponse,
     ShutdownRequest, ShutdownResponse, SignalProcessRequest, SignalProcessResponse,
-    StartProcessRequest, StartProcessResponse, WaitProcessRequest, WaitProcessResponse,
+    StartProcessRequest, StartProcessResponse, StatsRequest, StatsResponse, WaitProcessRequest,
+    WaitProcessResponse,
 };
 use vessel_proto::ports;
 
@@ -132,6 +134,41 @@ impl Agent for AgentService {
         let request = request.get_ref();
         self.state.lock().await.1.resize(&request.process_id, request.rows, request.columns)?;
         Ok(Response::new(ResizeTerminalResponse {}))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let cgroup = self.state.lock().await.0.get(&request.get_ref().container_id)?.cgroup.clone();
+        Ok(Response::new(crate::stats::read(&cgroup)?))
+    }
+
+    async fn copy_out(
+        &self,
+        request: Request<CopyOutRequest>,
+    ) -> Result<Response<CopyOutResponse>, Status> {
+        let request = request.into_inner();
+        // The lock is held only to find the container's root, not for the whole copy.
+        let root = {
+            let state = self.state.lock().await;
+            crate::copy::Root::of(&state.0, &state.1, &request.container_id)?
+        };
+        crate::copy::copy_out(root, &request.path, request.port).await?;
+        Ok(Response::new(CopyOutResponse {}))
+    }
+
+    async fn copy_in(
+        &self,
+        request: Request<CopyInRequest>,
+    ) -> Result<Response<CopyInResponse>, Status> {
+        let request = request.into_inner();
+        let root = {
+            let state = self.state.lock().await;
+            crate::copy::Root::of(&state.0, &state.1, &request.container_id)?
+        };
+        crate::copy::copy_in(root, &request.path, request.port).await?;
+        Ok(Response::new(CopyInResponse {}))
     }
 }
 

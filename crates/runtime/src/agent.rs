@@ -6,9 +6,9 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use vessel_proto::agent::agent_client::AgentClient as GrpcClient;
 use vessel_proto::agent::{
-    CreateContainerRequest, DirEntry, InfoRequest, InfoResponse, MountRequest, ReadDirRequest,
-    ResizeTerminalRequest, ShutdownRequest, SignalProcessRequest, StartProcessRequest,
-    WaitProcessRequest,
+    CopyInRequest, CopyOutRequest, CreateContainerRequest, DirEntry, InfoRequest, InfoResponse,
+    MountRequest, ReadDirRequest, ResizeTerminalRequest, ShutdownRequest, SignalProcessRequest,
+    StartProcessRequest, StatsRequest, StatsResponse, WaitProcessRequest,
 };
 use vessel_proto::ports;
 use vessel_vm::vsock::HostVsock;
@@ -111,6 +111,27 @@ impl AgentClient {
     ) -> Result<(), RuntimeError> {
         let request = ResizeTerminalRequest { process_id: process_id.to_string(), rows, columns };
         self.grpc.resize_terminal(request).await.map_err(call_error("ResizeTerminal"))?;
+        Ok(())
+    }
+
+    /// Resource use of a container, from its cgroup.
+    pub async fn stats(&mut self, container_id: &str) -> Result<StatsResponse, RuntimeError> {
+        let request = StatsRequest { container_id: container_id.to_string() };
+        let response = self.grpc.stats(request).await.map_err(call_error("Stats"))?;
+        Ok(response.into_inner())
+    }
+
+    /// Has the agent write an archive of a container path to host vsock `port`; see
+    /// [`crate::copy::copy_out`], which listens there.
+    pub async fn copy_out(&mut self, request: CopyOutRequest) -> Result<(), RuntimeError> {
+        self.grpc.copy_out(request).await.map_err(call_error("CopyOut"))?;
+        Ok(())
+    }
+
+    /// Has the agent unpack the archive it reads from host vsock `port`; see
+    /// [`crate::copy::copy_in`], which serves it there.
+    pub async fn copy_in(&mut self, request: CopyInRequest) -> Result<(), RuntimeError> {
+        self.grpc.copy_in(request).await.map_err(call_error("CopyIn"))?;
         Ok(())
     }
 

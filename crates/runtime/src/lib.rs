@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod copy;
 pub mod host;
 pub mod process;
 pub mod run;

@@ -6,7 +6,7 @@ use crate::RuntimeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
-use vessel_proto::agent::StartProcessRequest;
+use vessel_proto::agent::{Capabilities, StartProcessRequest};
 use vessel_vm::vsock::HostVsock;
 
 /// What to run, as the container sees it.
@@ -20,6 +20,27 @@ pub struct ProcessSpec {
     pub user: String,
     /// Give the process a terminal of this size (rows, columns) instead of pipes.
     pub terminal: Option<(u16, u16)>,
+    /// docker's `--init`: a minimal init (vessel-init) runs the command as its child,
+    /// forwards signals to it and reaps zombies. Default: off.
+    pub init: bool,
+    /// docker's `--security-opt no-new-privileges`. Default: off.
+    pub no_new_privileges: bool,
+    /// docker's `--ulimit`. Default: none (the guest's own limits).
+    pub rlimits: Vec<Rlimit>,
+    /// The capabilities the process keeps, by name (`CAP_CHOWN` or `chown`; `ALL`). None,
+    /// the default, is docker's default set; `Some(vec![])` keeps none (`--cap-drop ALL`).
+    /// Users other than root keep only the bounding set, as with docker.
+    pub capabilities: Option<Vec<String>>,
+}
+
+/// One resource limit (`--ulimit nofile=1024:2048`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `nofile` or `RLIMIT_NOFILE` (any case).
+    pub name: String,
+    /// `u64::MAX` is unlimited.
+    pub soft: u64,
+    pub hard: u64,
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -78,7 +99,7 @@ impl Default for PortAllocator {
 }
 
 impl PortAllocator {
-    fn take(&mut self) -> u32 {
+    pub(crate) fn take(&mut self) -> u32 {
         let port = self.next;
         self.next = self.next.wrapping_add(1).max(0x0001_0000);
         port
@@ -130,6 +151,18 @@ pub async fn start(
         stdin_port,
         stdout_port,
         stderr_port,
+        init: spec.init,
+        no_new_privileges: spec.no_new_privileges,
+        rlimits: spec
+            .rlimits
+            .into_iter()
+            .map(|limit| vessel_proto::agent::Rlimit {
+                r#type: limit.name,
+                soft: limit.soft,
+                hard: limit.hard,
+            })
+            .collect(),
+        capabilities: spec.capabilities.map(|names| Capabilities { names }),
     };
     // The agent connects every stdio stream before it starts the process; the connections
     // wait in the listeners' backlogs until accepted below.

@@ -41,9 +41,9 @@ impl SandboxOptions {
 
 #[derive(Debug)]
 pub struct Sandbox {
-    vm: QemuVm,
-    agent: AgentClient,
-    ports: crate::process::PortAllocator,
+    pub(crate) vm: QemuVm,
+    pub(crate) agent: AgentClient,
+    pub(crate) ports: crate::process::PortAllocator,
     /// When the VMM was started and when the agent said it serves.
     pub started: Instant,
     pub ready_after: Duration,

@@ -4,119 +4,27 @@
 
 mod common;
 
-use std::path::Path;
-use vessel_image::{create_empty, create_rootfs, RootfsOptions};
 use vessel_proto::agent::CreateContainerRequest;
 use vessel_runtime::process::{ProcessExit, ProcessIo, ProcessSpec};
-use vessel_runtime::sandbox::{Sandbox, SandboxOptions, SHUTDOWN_TIMEOUT};
-use vessel_runtime::Host;
-use vessel_vm::{Disk, VmExit};
-
-const BUSYBOX: &str = "/bin/busybox";
-
-/// A layer with a static busybox, its applets as symlinks, and a passwd with one user.
-fn busybox_layer(path: &Path) {
-    let busybox =
-        std::fs::read(BUSYBOX).expect("busybox-static is needed (apt-get install busybox-static)");
-    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
-    let entry = |kind: tar::EntryType, name: &str, mode: u32, size: usize| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_path(name).unwrap();
-        header.set_mode(mode);
-        header.set_size(size as u64);
-        header.set_mtime(1_700_000_000);
-        header.set_uid(0);
-        header.set_gid(0);
-        header
-    };
-    for (dir, mode) in [
-        ("bin/", 0o755),
-        ("etc/", 0o755),
-        ("tmp/", 0o1777),
-        ("proc/", 0o555),
-        ("sys/", 0o555),
-        ("dev/", 0o755),
-        ("home/app/", 0o755),
-    ] {
-        let mut header = entry(tar::EntryType::Directory, dir, mode, 0);
-        header.set_cksum();
-        tar.append(&header, std::io::empty()).unwrap();
-    }
-    let mut header = entry(tar::EntryType::Regular, "bin/busybox", 0o755, busybox.len());
-    header.set_cksum();
-    tar.append(&header, &busybox[..]).unwrap();
-    for applet in ["sh", "cat", "echo", "hostname", "id", "pwd", "sleep", "seq", "wc", "ls"] {
-        let mut header = entry(tar::EntryType::Symlink, &format!("bin/{applet}"), 0o777, 0);
-        header.set_link_name("busybox").unwrap();
-        header.set_cksum();
-        tar.append(&header, std::io::empty()).unwrap();
-    }
-    for (name, content) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"),
-        ("etc/group", "root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
-    ] {
-        let mut header = entry(tar::EntryType::Regular, name, 0o644, content.len());
-        header.set_cksum();
-        tar.append(&header, content.as_bytes()).unwrap();
-    }
-    tar.finish().unwrap();
-}
+use vessel_runtime::sandbox::{Sandbox, SHUTDOWN_TIMEOUT};
+use vessel_vm::VmExit;
 
 fn spec(process_id: &str, args: &[&str]) -> ProcessSpec {
-    ProcessSpec {
-        container_id: "box".into(),
-        process_id: process_id.into(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        env: vec!["GREETING=hello".into()],
-        ..Default::default()
-    }
+    common::spec("box", process_id, args)
 }
 
-/// Runs a process to its end; returns its exit, stdout and stderr.
 async fn run(
     sandbox: &mut Sandbox,
     spec: ProcessSpec,
     stdin: Option<&'static [u8]>,
 ) -> (ProcessExit, String, String) {
-    let (stdout_writer, mut stdout_reader) = tokio::io::duplex(1 << 20);
-    let (stderr_writer, mut stderr_reader) = tokio::io::duplex(1 << 20);
-    let io = ProcessIo {
-        stdin: stdin.map(|bytes| Box::new(bytes) as _),
-        stdout: Some(Box::new(stdout_writer)),
-        stderr: Some(Box::new(stderr_writer)),
-    };
-    let handle = sandbox.start_process(spec, io).await.unwrap();
-    let (exit, stdout, stderr) = tokio::join!(
-        async { handle.wait(sandbox.agent()).await.unwrap() },
-        read_all(&mut stdout_reader),
-        read_all(&mut stderr_reader)
-    );
-    (exit, stdout, stderr)
-}
-
-async fn read_all(reader: &mut tokio::io::DuplexStream) -> String {
-    let mut text = String::new();
-    tokio::io::AsyncReadExt::read_to_string(reader, &mut text).await.unwrap();
-    text
+    common::run(sandbox, spec, stdin).await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn processes_run_in_the_container_with_their_stdio() {
-    let state = tempfile::tempdir().unwrap();
-    let layer = state.path().join("busybox.tar");
-    busybox_layer(&layer);
-    let (rootfs, writable) = (state.path().join("rootfs.img"), state.path().join("writable.img"));
-    create_rootfs(&rootfs, &[layer], &RootfsOptions::default(), &mut |_| {}).unwrap();
-    create_empty(&writable, 64 << 20, &RootfsOptions::default()).unwrap();
-
-    let host = Host::new(Some(state.path().join("root")));
-    let mut options = SandboxOptions::new(format!("process-{}", std::process::id()));
-    options.disks = vec![
-        Disk { path: rootfs.clone(), read_only: true },
-        Disk { path: writable.clone(), read_only: false },
-    ];
-    let mut sandbox = Sandbox::start(&host, options).await.unwrap();
+    let common::Booted { state: _state, mut sandbox, rootfs, writable } =
+        common::boot("process").await;
     sandbox
         .agent()
         .create_container(CreateContainerRequest {
@@ -151,7 +59,8 @@ async fn processes_run_in_the_container_with_their_stdio() {
         stderr: Some(Box::new(stderr_writer)),
     };
     let first = sandbox.start_process(first, io).await.unwrap();
-    let (stdout, stderr) = tokio::join!(read_all(&mut stdout_reader), read_all(&mut stderr_reader));
+    let (stdout, stderr) =
+        tokio::join!(common::read_all(&mut stdout_reader), common::read_all(&mut stderr_reader));
     assert_eq!(stdout, "out hello\nboxhost\n1000\n1000 50\n/work/dir\n/home/app\n1\n");
     assert_eq!(stderr, "err\n");
 

@@ -1,6 +1,7 @@
 //! Container processes: starting them with their stdio relayed to the host, waiting for
 //! them, signalling them, resizing their terminals.
 
+mod security;
 mod spawn;
 pub mod stdio;
 
@@ -50,12 +51,7 @@ impl Processes {
         }
         let container = containers.get(&request.container_id)?.clone();
         if let Some(init) = container.init_pid {
-            let init_exited = self
-                .by_id
-                .values()
-                .find(|process| process.pid.as_raw() == init)
-                .is_none_or(|process| process.exit.borrow().is_some());
-            if init_exited {
+            if !self.is_running(init) {
                 return Err(Status::failed_precondition(format!(
                     "container {} is not running (its first process has ended)",
                     request.container_id
@@ -72,6 +68,23 @@ impl Processes {
             .to_string();
         let cwd = if request.cwd.is_empty() { "/".to_string() } else { request.cwd.clone() };
         ensure_workdir(&container.rootfs, &cwd)?;
+        let last_capability = security::last_capability();
+        let capabilities = security::CapSet::from_request(request.capabilities.as_ref())
+            .map_err(Status::invalid_argument)?;
+        // What the kernel does not know cannot be kept.
+        let known = u64::MAX >> 63u32.saturating_sub(last_capability.min(63));
+        let capabilities = security::CapSet(capabilities.0 & known);
+        let rlimits =
+            security::parse_rlimits(&request.rlimits).map_err(Status::invalid_argument)?;
+        let init = if request.init {
+            // vessel-init's own binary (the initramfs's /init), run from its descriptor.
+            let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+            let exe = nix::fcntl::open("/proc/self/exe", flags, nix::sys::stat::Mode::empty())
+                .map_err(errno_status("open vessel-init for --init"))?;
+            Some(exe)
+        } else {
+            None
+        };
 
         // Connect stdio before the process exists, so none of its output is lost.
         let connect = |port: u32| async move {
@@ -136,6 +149,11 @@ impl Processes {
                 container.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes(),
             )
             .map_err(|_| Status::internal("cgroup path holds a NUL byte"))?,
+            capabilities,
+            last_capability,
+            rlimits,
+            no_new_privileges: request.no_new_privileges,
+            init,
         };
         let (pid, error_pipe) = spawn::spawn(spec).map_err(errno_status("start the process"))?;
         // Registered before the next await, so the reaper cannot miss this exit.
@@ -150,6 +168,14 @@ impl Processes {
         }
         self.by_id.insert(request.process_id, Process { pid, exit, terminal });
         Ok(pid.as_raw() as u32)
+    }
+
+    /// True while the process with this (agent) PID that the agent started has not ended.
+    pub fn is_running(&self, pid: i32) -> bool {
+        self.by_id
+            .values()
+            .find(|process| process.pid.as_raw() == pid)
+            .is_some_and(|process| process.exit.borrow().is_none())
     }
 
     /// Waits for the process to end. The entry stays, so every waiter sees the status.

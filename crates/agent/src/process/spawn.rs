@@ -2,6 +2,7 @@
 //! do anything until exec; what fails there is written to a close-on-exec pipe as one
 //! `(step, errno)` record, and an exec that succeeds closes the pipe unread.
 
+use super::security::{self, CapSet, Limit};
 use crate::users::Identity;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -9,8 +10,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{
-    chdir, chroot, execve, fork, pipe2, setgid, setgroups, sethostname, setsid, setuid, ForkResult,
-    Gid, Pid, Uid,
+    access, chdir, chroot, execve, fexecve, fork, pipe2, setgid, setgroups, sethostname, setsid,
+    setuid, AccessFlags, ForkResult, Gid, Pid, Uid,
 };
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -36,6 +37,14 @@ pub struct SpawnSpec {
     pub read_only_root: bool,
     /// The container's cgroup.procs file: the child moves itself in before anything else.
     pub cgroup_procs: CString,
+    /// The capabilities the process keeps (bounding set; permitted and effective for root).
+    pub capabilities: CapSet,
+    /// The highest capability number the kernel knows.
+    pub last_capability: u32,
+    pub rlimits: Vec<Limit>,
+    pub no_new_privileges: bool,
+    /// vessel-init's own binary, to run the program under as its init (`--init`).
+    pub init: Option<OwnedFd>,
 }
 
 /// Which step of the child's set-up failed; sent back with its errno.
@@ -51,6 +60,8 @@ pub enum Step {
     Credentials = 6,
     WorkingDirectory = 7,
     Exec = 8,
+    Limits = 10,
+    Privileges = 11,
 }
 
 impl Step {
@@ -66,6 +77,8 @@ impl Step {
             Credentials,
             WorkingDirectory,
             Exec,
+            Limits,
+            Privileges,
         ]
         .into_iter()
         .find(|step| *step as u8 == byte)
@@ -82,6 +95,8 @@ impl Step {
             Step::Credentials => "switching user",
             Step::WorkingDirectory => "changing to the working directory",
             Step::Exec => "starting the program",
+            Step::Limits => "setting resource limits",
+            Step::Privileges => "dropping privileges",
         }
     }
 }
@@ -193,12 +208,33 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
             step!(Step::Hostname, sethostname(&spec.hostname));
         }
     }
+    // Limits and the bounding set first: both need capabilities the switch of user drops.
+    step!(Step::Limits, security::apply_rlimits(&spec.rlimits));
+    step!(Step::Privileges, security::limit_bounding_set(spec.capabilities, spec.last_capability));
     let identity = &spec.identity;
     let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     step!(Step::Credentials, setgroups(&groups));
     step!(Step::Credentials, setgid(Gid::from_raw(identity.gid)));
     step!(Step::Credentials, setuid(Uid::from_raw(identity.uid)));
+    // Root keeps the set; other users keep none (their exec would drop them anyway).
+    let keep = if identity.uid == 0 { spec.capabilities } else { CapSet(0) };
+    step!(Step::Privileges, security::set_capabilities(keep));
     step!(Step::WorkingDirectory, chdir(spec.cwd.as_str()));
+    if spec.no_new_privileges {
+        step!(Step::Privileges, nix::sys::prctl::set_no_new_privs());
+    }
+    if let Some(init) = &spec.init {
+        // The init starts the program itself: find it now, so a missing one is still this
+        // call's error rather than the init's exit status.
+        let program = match find_program(&spec.programs) {
+            Ok(program) => program,
+            Err(errno) => return (Step::Exec, errno),
+        };
+        let mut args = vec![c"vessel-init", crate::container_init::FLAG, program, c"--"];
+        args.extend(spec.args.iter().map(CString::as_c_str));
+        let Err(errno) = fexecve(init, &args, &spec.env);
+        return (Step::Exec, errno);
+    }
     // Try every PATH candidate; a permission problem is more telling than "not found".
     let mut failure = Errno::ENOENT;
     for program in &spec.programs {
@@ -208,6 +244,24 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
         }
     }
     (Step::Exec, failure)
+}
+
+/// The first candidate that is an executable file, with execve's choice of error.
+fn find_program(candidates: &[CString]) -> Result<&std::ffi::CStr, Errno> {
+    let mut failure = Errno::ENOENT;
+    for program in candidates {
+        let is_file = nix::sys::stat::stat(program.as_c_str())
+            .map(|stat| SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
+        let errno = match (is_file, access(program.as_c_str(), AccessFlags::X_OK)) {
+            (Ok(true), Ok(())) => return Ok(program),
+            (Ok(false), _) => Errno::EACCES,
+            (Err(errno), _) | (_, Err(errno)) => errno,
+        };
+        if failure == Errno::ENOENT || errno == Errno::EACCES {
+            failure = errno;
+        }
+    }
+    Err(failure)
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`.
