@@ -3,6 +3,7 @@
 //! command that fixes it.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
