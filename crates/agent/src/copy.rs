@@ -33,7 +33,15 @@ pub enum Root {
 }
 
 impl Root {
-    pub fn of(containers: &Containers, processes: &Processes, id: &str) -> Result<Root, Status> {
+    /// Where `id`'s paths resolve now. `write`: for a copy into it, which a read-only
+    /// container with no process running refuses (its root is read-only only in its
+    /// namespace, which then does not exist).
+    pub fn of(
+        containers: &Containers,
+        processes: &Processes,
+        id: &str,
+        write: bool,
+    ) -> Result<Root, Status> {
         let container = containers.get(id)?;
         if let Some(pid) = container.init_pid.filter(|pid| processes.is_running(*pid)) {
             let path = format!("/proc/{pid}/ns/mnt");
@@ -41,6 +49,11 @@ impl Root {
             if let Ok(fd) = open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) {
                 return Ok(Root::Namespace(fd));
             }
+        }
+        if write && container.read_only {
+            return Err(Status::failed_precondition(format!(
+                "container {id}'s root filesystem is read-only"
+            )));
         }
         Ok(Root::Directory(container.rootfs.clone()))
     }

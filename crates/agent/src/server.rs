@@ -152,7 +152,7 @@ impl Agent for AgentService {
         // The lock is held only to find the container's root, not for the whole copy.
         let root = {
             let state = self.state.lock().await;
-            crate::copy::Root::of(&state.0, &state.1, &request.container_id)?
+            crate::copy::Root::of(&state.0, &state.1, &request.container_id, false)?
         };
         crate::copy::copy_out(root, &request.path, request.port).await?;
         Ok(Response::new(CopyOutResponse {}))
@@ -165,7 +165,7 @@ impl Agent for AgentService {
         let request = request.into_inner();
         let root = {
             let state = self.state.lock().await;
-            crate::copy::Root::of(&state.0, &state.1, &request.container_id)?
+            crate::copy::Root::of(&state.0, &state.1, &request.container_id, true)?
         };
         crate::copy::copy_in(root, &request.path, request.port).await?;
         Ok(Response::new(CopyInResponse {}))

@@ -158,6 +158,9 @@ async fn copies_go_in_and_out_as_the_container_sees_its_files() {
     assert_eq!(code(relative), tonic::Code::InvalidArgument);
     let onto_file = copy_in(&mut sandbox, "/etc/passwd", host_tree(&host.join("again"))).await;
     assert_eq!(code(onto_file), tonic::Code::InvalidArgument);
+    sandbox.agent().create_container(common::container("ro", false)).await.unwrap();
+    let read_only = sandbox.copy_in("ro", "/", std::io::Cursor::new(Vec::new())).await;
+    assert_eq!(code(read_only), tonic::Code::FailedPrecondition);
 
     // Once the first process has ended, copies resolve in the root directory again; the
     // volume went with its namespace.
