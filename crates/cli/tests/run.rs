@@ -5,27 +5,21 @@ mod common;
 
 use common::{processes_mentioning, TestRoot};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The image the README's set-up makes (scripts/demo-image, from busybox-static).
 const IMAGE: &str = "vessel.local/busybox";
 
-/// Imports IMAGE into the test's root with the set-up's own script.
 fn import_busybox(root: &TestRoot) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/demo-image");
-    let output = Command::new(script)
-        .arg("--root")
-        .arg(root.path())
-        .env("VESSEL", common::vessel_bin())
-        .output()
-        .expect("cannot run scripts/demo-image");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    common::import_demo_image(root);
 }
 
+/// Nothing outlives the test's containers: no process, VM directory or control socket,
+/// and (all of them ran with --rm) no container.
 fn assert_nothing_left(root: &TestRoot) {
     let left = processes_mentioning(&root.path().display().to_string());
     assert!(left.is_empty(), "processes outlived the container: {left:#?}");
-    for dir in ["run/vm", "containers"] {
+    for dir in ["run/vm", "run/ctl", "containers"] {
         let entries: Vec<_> = std::fs::read_dir(root.path().join(dir))
             .map(|entries| entries.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -71,6 +65,7 @@ fn run_limits_are_visible_inside() {
     import_busybox(&root);
     let output = root.run(&[
         "run",
+        "--rm",
         "-m",
         "100m",
         "--cpus",
@@ -90,7 +85,7 @@ fn run_with_interactive_stdin_and_a_read_only_root() {
     let root = TestRoot::new();
     import_busybox(&root);
     let mut child = root
-        .command(&["run", "-i", IMAGE, "cat"])
+        .command(&["run", "--rm", "-i", IMAGE, "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -100,7 +95,7 @@ fn run_with_interactive_stdin_and_a_read_only_root() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "through stdin\n");
 
-    let output = root.run(&["run", "--read-only", IMAGE, "touch", "/made"]);
+    let output = root.run(&["run", "--rm", "--read-only", IMAGE, "touch", "/made"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
     assert_nothing_left(&root);
@@ -110,7 +105,7 @@ fn run_with_interactive_stdin_and_a_read_only_root() {
 fn run_failures_use_dockers_exit_codes() {
     let root = TestRoot::new();
     import_busybox(&root);
-    let output = root.run(&["run", IMAGE, "no-such-command"]);
+    let output = root.run(&["run", "--rm", IMAGE, "no-such-command"]);
     assert_eq!(output.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such file or directory"));
 
@@ -135,7 +130,7 @@ fn run_with_a_terminal_follows_its_size() {
     let size =
         |rows, cols| nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     let pty = nix::pty::openpty(Some(&size(30, 100)), None).unwrap();
-    let mut command = root.command(&["run", "-it", IMAGE, "sh"]);
+    let mut command = root.command(&["run", "--rm", "-it", IMAGE, "sh"]);
     command
         .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(Stdio::from(pty.slave.try_clone().unwrap()))

@@ -80,6 +80,12 @@ impl Host {
         self.run.join("vm").join(name)
     }
 
+    /// The control socket of a running container's supervisor. Named by a prefix of the
+    /// id: a socket path must fit in 108 bytes.
+    pub fn control_socket(&self, container_id: &str) -> PathBuf {
+        self.run.join("ctl").join(format!("{}.sock", &container_id[..container_id.len().min(16)]))
+    }
+
     pub fn tsc_cache(&self) -> PathBuf {
         self.run.join("tsc-khz")
     }

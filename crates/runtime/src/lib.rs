@@ -1,15 +1,17 @@
 #![forbid(unsafe_code)]
-//! The runtime: where things live on the host, VM sandboxes with their agent, and (later)
-//! the container lifecycle. The CLI is a thin layer over this crate.
+//! The runtime: where things live on the host, VM sandboxes with their agent, containers
+//! and their supervisors. The CLI is a thin layer over this crate.
 
 pub mod agent;
 pub mod check;
+pub mod container;
 pub mod copy;
 pub mod host;
 pub mod process;
-pub mod run;
 pub mod sandbox;
 pub mod selftest;
+pub mod supervisor;
+pub mod time;
 pub mod transfer;
 
 pub use host::Host;
@@ -37,6 +39,10 @@ pub enum RuntimeError {
     AgentCall { call: &'static str, status: Box<tonic::Status> },
     #[error("cannot set up the agent connection")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Snapshot(#[from] vessel_image::snapshot::SnapshotError),
+    #[error("cannot create the container's writable disk")]
+    WritableDisk(#[from] vessel_image::RootfsError),
 }
 
 fn boot_log_excerpt(log: &str) -> String {

@@ -34,8 +34,11 @@ pub enum Command {
     Rmi(image::RmArgs),
     /// Give an image another name (`vessel image tag`)
     Tag(image::TagArgs),
-    /// Run a command in a new container, in its own VM
-    Run(container::run::RunArgs),
+    /// Create, run, list, stop and remove containers
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    #[command(flatten)]
+    Shortcut(container::Shortcut),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +50,8 @@ pub enum RootfsCommand {
 pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::System(command) => system::run(command, context),
-        Command::Run(args) => container::run::run(args, context),
+        Command::Container(command) => container::run(command, context),
+        Command::Shortcut(shortcut) => container::run(shortcut.into(), context),
         Command::Rootfs(RootfsCommand::Create(args)) => {
             rootfs::create(args)?;
             Ok(ExitCode::SUCCESS)

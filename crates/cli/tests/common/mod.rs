@@ -68,3 +68,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     }
     found
 }
+
+/// Imports the image the README's set-up makes (`vessel.local/busybox`, from
+/// busybox-static) into a test's root, with the set-up's own script.
+pub fn import_demo_image(root: &TestRoot) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/demo-image");
+    let output = Command::new(script)
+        .arg("--root")
+        .arg(root.path())
+        .env("VESSEL", vessel_bin())
+        .output()
+        .expect("cannot run scripts/demo-image");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -10,11 +10,20 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    for query in &args.images {
+        out.push(inspect_json(context, query)?);
+    }
+    outln!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// One image as `inspect` shows it.
+pub fn inspect_json(context: &Context, query: &str) -> anyhow::Result<serde_json::Value> {
     let store = super::store(context)?;
     let snapshots = super::snapshots(context);
     let all = store.entries()?;
-    let mut out = Vec::new();
-    for query in &args.images {
+    {
         let image = store.find(query)?;
         let names: Vec<_> = all
             .iter()
@@ -22,7 +31,7 @@ pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<()> {
             .map(|e| e.name.clone())
             .collect();
         let snapshot = snapshots.path(&image);
-        out.push(json!({
+        Ok(json!({
             "Id": image.id().to_string(),
             "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.familiar()).collect::<Vec<_>>(),
             "RepoDigests": names.iter().map(|n| format!("{}@{}", n.name(), image.manifest_digest)).collect::<Vec<_>>(),
@@ -47,8 +56,6 @@ pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<()> {
                 "Path": snapshot,
                 "Exists": snapshot.is_file(),
             },
-        }));
+        }))
     }
-    outln!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
 }

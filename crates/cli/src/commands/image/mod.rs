@@ -22,7 +22,7 @@ mod save;
 mod tag;
 
 pub use import::ImportArgs;
-pub use inspect::InspectArgs;
+pub use inspect::{inspect_json, InspectArgs};
 pub use load::LoadArgs;
 pub use ls::LsArgs;
 pub use prune::PruneArgs;

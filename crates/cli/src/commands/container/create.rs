@@ -1,0 +1,168 @@
+//! `vessel create`: a container recorded, not started; and the flags `run` shares.
+
+use crate::Context;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use vessel_runtime::container::create::CreateOptions;
+use vessel_runtime::container::Container;
+
+/// The flags that shape a container, shared by `create` and `run`.
+#[derive(Debug, clap::Args)]
+pub struct CreateFlags {
+    /// Keep stdin open and pass it to the container
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal (with -i, this terminal is put in raw mode)
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// A name for the container (default: a generated one)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this shell's value)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User: name, uid, name:group or uid:gid
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Override the image's ENTRYPOINT
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// The container's hostname (default: its short id)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Set a label (KEY=VALUE)
+    #[arg(short, long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// CPUs for the container, fractions allowed (its VM gets the next whole number)
+    #[arg(long, default_value_t = 1.0, value_parser = parse_cpus)]
+    pub cpus: f64,
+    /// Memory limit of the container (e.g. 512m, 1g); its VM gets 64 MiB more
+    #[arg(short, long, default_value = "256m", value_parser = crate::commands::rootfs::parse_size)]
+    pub memory: u64,
+    /// Mount the container's root filesystem read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// The signal that stops the container (default: the image's, else SIGTERM)
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before it kills the container (default 10)
+    #[arg(long)]
+    pub stop_timeout: Option<u32>,
+    /// Run a minimal init as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    /// Accelerator: auto, kvm or tcg
+    #[arg(long, default_value = "auto")]
+    pub accel: vessel_vm::Accel,
+    /// Pull the image: missing (default), always or never
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+    #[command(flatten)]
+    pub registry: crate::commands::image::RegistryArgs,
+    /// The image (name or id)
+    pub image: String,
+    /// The command and its arguments (default: the image's)
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub flags: CreateFlags,
+}
+
+pub fn run(args: CreateArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let container = create(args.flags, context)?;
+    outln!("{}", container.id());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pulls the image if needed and records the container.
+pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container> {
+    pull_if_needed(&flags, context)?;
+    let mut env = Vec::new();
+    for file in &flags.env_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|err| anyhow::anyhow!("cannot read env file {}: {err}", file.display()))?;
+        env.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    env.extend(flags.env);
+    let mut labels = BTreeMap::new();
+    for label in flags.labels {
+        let (key, value) = label.split_once('=').unwrap_or((&label, ""));
+        labels.insert(key.to_string(), value.to_string());
+    }
+    let options = CreateOptions {
+        image: flags.image,
+        name: flags.name,
+        command: flags.command,
+        entrypoint: flags.entrypoint.map(|entrypoint| vec![entrypoint]),
+        env,
+        workdir: flags.workdir,
+        user: flags.user,
+        hostname: flags.hostname,
+        labels,
+        cpus: flags.cpus,
+        memory_mib: u32::try_from(flags.memory >> 20).unwrap_or(u32::MAX),
+        read_only: flags.read_only,
+        tty: flags.tty,
+        open_stdin: flags.interactive,
+        stop_signal: flags.stop_signal,
+        stop_timeout: flags.stop_timeout,
+        init: flags.init,
+        auto_remove: flags.rm,
+        accel: flags.accel.to_string(),
+    };
+    Ok(vessel_runtime::container::create::create(&context.host, options)?)
+}
+
+fn parse_cpus(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(cpus) if cpus > 0.0 && cpus <= 64.0 => Ok(cpus),
+        _ => Err(format!("invalid --cpus {value:?} (a number from 0.01 to 64)")),
+    }
+}
+
+/// Pulls the image when `--pull` asks for it, or when it is missing (as docker run does).
+fn pull_if_needed(flags: &CreateFlags, context: &Context) -> anyhow::Result<()> {
+    let missing = match crate::commands::image::store(context)?.find(&flags.image) {
+        Ok(_) => false,
+        Err(vessel_oci::image::ImageError::NotFound(_)) => true,
+        Err(err) => return Err(err.into()),
+    };
+    let pull = match flags.pull.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => missing,
+    };
+    if !pull {
+        return Ok(());
+    }
+    if missing {
+        eprintln!("Unable to find image '{}' locally", flags.image);
+    }
+    let pull_args = crate::commands::image::PullArgs {
+        name: flags.image.clone(),
+        platform: None,
+        max_concurrent_downloads: 3,
+        quiet: false,
+        no_snapshot: false,
+        registry: flags.registry.clone(),
+    };
+    crate::commands::image::pull::pull(pull_args, context).map(drop)
+}

@@ -1,0 +1,93 @@
+//! `vessel ps` / `vessel container ls`.
+
+use super::store;
+use crate::Context;
+use std::process::ExitCode;
+use vessel_runtime::container::Container;
+use vessel_runtime::time::rfc3339;
+
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// Show all containers (default: running ones)
+    #[arg(short, long)]
+    all: bool,
+    /// Only print ids
+    #[arg(short, long)]
+    quiet: bool,
+    /// Do not truncate ids and commands
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format: table (default) or json (one object per line, as docker's)
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let containers: Vec<Container> =
+        store(context).list()?.into_iter().filter(|c| args.all || c.is_running()).collect();
+    if args.quiet {
+        for container in &containers {
+            outln!("{}", if args.no_trunc { container.id() } else { container.short_id() });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.format == "json" {
+        for container in &containers {
+            outln!("{}", serde_json::to_string(&json(container))?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+        .map(String::from)];
+    for container in &containers {
+        let command = quoted_command(container);
+        rows.push([
+            if args.no_trunc { container.id() } else { container.short_id() }.to_string(),
+            container.config.image.clone(),
+            if args.no_trunc { command } else { truncate(&command, 20) },
+            format!("{} ago", vessel_runtime::time::human_duration(
+                vessel_runtime::time::since(container.config.created),
+            )),
+            container.status_text(),
+            container.config.name.clone(),
+        ]);
+    }
+    super::print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `"sh -c 'echo hi'"`, as docker shows a command.
+fn quoted_command(container: &Container) -> String {
+    format!("\"{}\"", container.config.args.join(" "))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(max - 1).collect();
+    format!("{kept}…")
+}
+
+/// docker's `ps --format json` fields.
+fn json(container: &Container) -> serde_json::Value {
+    let labels: Vec<String> =
+        container.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    serde_json::json!({
+        "ID": container.short_id(),
+        "Names": container.config.name,
+        "Image": container.config.image,
+        "Command": quoted_command(container),
+        "CreatedAt": rfc3339(container.config.created),
+        "RunningFor": vessel_runtime::time::human_duration(
+            vessel_runtime::time::since(container.config.created),
+        ),
+        "State": container.state.status.to_string(),
+        "Status": container.status_text(),
+        "Labels": labels.join(","),
+        "Ports": "",
+        "Mounts": "",
+        "Networks": "",
+        "Size": "",
+    })
+}

@@ -1,0 +1,42 @@
+//! `vessel container supervise` (hidden): the process that owns a running container's VM.
+//! Started by `run` and `start`; see vessel_runtime::supervisor.
+
+use crate::Context;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vessel_runtime::supervisor::launch::READY_LINE;
+
+#[derive(Debug, clap::Args)]
+pub struct SuperviseArgs {
+    /// The runtime directory (sockets, VM directories)
+    #[arg(long)]
+    run: PathBuf,
+    /// Start the main process only once a client has attached
+    #[arg(long)]
+    wait_for_attach: bool,
+    /// The container's full id
+    id: String,
+}
+
+pub fn run(args: SuperviseArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    // A session of our own: the terminal and process group of whoever started us (and
+    // their Ctrl-C) are not ours.
+    rustix::process::setsid()?;
+    let host = vessel_runtime::Host { run: args.run, ..context.host.clone() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ready = || {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{READY_LINE}");
+        let _ = stdout.flush();
+    };
+    let result = runtime.block_on(vessel_runtime::supervisor::run(
+        &host,
+        &args.id,
+        args.wait_for_attach,
+        ready,
+    ));
+    runtime.shutdown_background();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,467 @@
+//! The supervisor: one detached process per running container (`vessel container
+//! supervise`, started by `run` and `start`). It owns the container's VM, writes its log,
+//! relays the stdio of its processes and serves a control socket for the commands that
+//! reach a running container (attach, exec, kill, stop, wait, stats, cp). It records the
+//! container's end in its state, then exits; with no containers running, no vessel process
+//! runs. The VM is its child with PR_SET_PDEATHSIG, so if the supervisor dies the VM dies
+//! with it, and the next reader of the state records why (`ContainerStore::load`).
+
+pub mod client;
+mod connection;
+pub mod launch;
+pub mod protocol;
+
+pub use launch::launch;
+
+use crate::container::logfile::{LogWriter, Stream};
+use crate::container::{Container, ContainerStore, ProcessRef, Status, StoreError};
+use crate::process::{ProcessExit, ProcessIo, ProcessSpec};
+use crate::sandbox::{Sandbox, SandboxOptions, SHUTDOWN_TIMEOUT};
+use crate::{Host, RuntimeError};
+use protocol::Event;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch, Mutex};
+use vessel_proto::agent::CreateContainerRequest;
+
+/// Size of a container's writable disk: sparse, so only what is written takes space.
+pub const WRITABLE_DISK_SIZE: u64 = 8 << 30;
+/// Guest memory beyond the container's limit: the kernel, vessel-init and page cache.
+pub const VM_MEMORY_OVERHEAD_MIB: u32 = 64;
+/// How long a supervisor started for an attaching client waits for it before it starts
+/// the container anyway.
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
+
+/// Exit codes docker gives a process that could not start.
+pub const EXIT_START_FAILED: i32 = 125;
+pub const EXIT_CANNOT_INVOKE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("container {0} is already running")]
+    AlreadyRunning(String),
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the container's supervisor failed to start; its log ends with:\n{log}")]
+    LaunchFailed { log: String },
+}
+
+/// How the main process fared, as the clients learn it.
+#[derive(Debug, Clone)]
+enum MainState {
+    Booting,
+    Started(u32),
+    Failed { code: i32, message: String },
+}
+
+/// What the supervisor's tasks share.
+struct Shared {
+    container: Container,
+    /// The main process: booting, started or failed; then its exit.
+    main: watch::Sender<MainState>,
+    exit: watch::Sender<Option<ProcessExit>>,
+    /// The VM with its agent, once booted.
+    sandbox: Mutex<Option<Sandbox>>,
+    agent: std::sync::OnceLock<crate::agent::AgentClient>,
+    /// Attached clients: each gets every frame of the main process's output.
+    attached: std::sync::Mutex<Vec<mpsc::Sender<Outgoing>>>,
+    /// How many clients have attached (the main process may wait for the first).
+    attach_count: watch::Sender<usize>,
+    /// The writing end of the main process's stdin (with `-i`), until someone closes it.
+    stdin: Mutex<Option<tokio::io::DuplexStream>>,
+    /// The main process's terminal size, as the last attached client asked for it.
+    terminal_size: std::sync::Mutex<(u16, u16)>,
+    next_exec: std::sync::atomic::AtomicU32,
+}
+
+/// A frame on its way to a client.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Data(u8, Vec<u8>),
+    Event(Event),
+}
+
+impl Shared {
+    fn short_id(&self) -> &str {
+        self.container.short_id()
+    }
+
+    fn agent(&self) -> Option<crate::agent::AgentClient> {
+        self.agent.get().cloned()
+    }
+
+    /// Sends a frame to every attached client (waiting for slow ones: output is never
+    /// dropped).
+    async fn broadcast(&self, frame: Outgoing) {
+        let clients: Vec<_> = self.attached.lock().expect("not poisoned").clone();
+        for client in clients {
+            let _ = client.send(frame.clone()).await;
+        }
+    }
+
+    /// Waits until the main process has started; Err with the failure otherwise.
+    async fn started(&self) -> Result<u32, Event> {
+        let mut main = self.main.subscribe();
+        let state = main
+            .wait_for(|state| !matches!(state, MainState::Booting))
+            .await
+            .map(|state| state.clone())
+            .unwrap_or(MainState::Failed { code: EXIT_START_FAILED, message: "supervisor ending".into() });
+        match state {
+            MainState::Started(pid) => Ok(pid),
+            MainState::Failed { code, message } => Err(Event::Failed { code, message }),
+            MainState::Booting => unreachable!("waited past booting"),
+        }
+    }
+
+    async fn exited(&self) -> ProcessExit {
+        let mut exit = self.exit.subscribe();
+        let exit = exit.wait_for(Option::is_some).await.map(|exit| *exit);
+        exit.ok().flatten().unwrap_or(ProcessExit { code: crate::container::EXIT_LOST, signal: None })
+    }
+}
+
+/// Runs a container's supervisor until the container ends. `ready` is called once the
+/// control socket accepts clients. With `wait_for_attach`, the main process starts only
+/// once a client attached (so that it sees all output).
+pub async fn run(
+    host: &Host,
+    id: &str,
+    wait_for_attach: bool,
+    ready: impl FnOnce(),
+) -> Result<(), SupervisorError> {
+    let store = ContainerStore::new(&host.root);
+    let mut container = store.find(id)?;
+    if container.is_running() {
+        return Err(SupervisorError::AlreadyRunning(container.config.name.clone()));
+    }
+    let socket_path = host.control_socket(container.id());
+    let listener = bind(&socket_path)?;
+    container.state = crate::container::ContainerState {
+        status: Status::Running,
+        supervisor: ProcessRef::current(),
+        started_at: Some(crate::time::now_nanos()),
+        ..Default::default()
+    };
+    store.save_state(&container)?;
+    let _socket_guard = RemoveOnDrop(socket_path);
+    ready();
+
+    let shared = Arc::new(Shared {
+        container: container.clone(),
+        main: watch::channel(MainState::Booting).0,
+        exit: watch::channel(None).0,
+        sandbox: Mutex::new(None),
+        agent: Default::default(),
+        attached: Default::default(),
+        attach_count: watch::channel(0).0,
+        stdin: Mutex::new(None),
+        terminal_size: std::sync::Mutex::new((24, 80)),
+        next_exec: Default::default(),
+    });
+    let server = tokio::spawn(connection::serve(listener, shared.clone()));
+    let stop_on_signal = tokio::spawn(stop_on_signal(shared.clone()));
+
+    if wait_for_attach {
+        let mut count = shared.attach_count.subscribe();
+        let _ = tokio::time::timeout(ATTACH_WAIT, count.wait_for(|n| *n > 0)).await;
+    }
+    let (exit, error) = match run_main(host, &shared).await {
+        Ok(exit) => (exit, None),
+        Err(failure) => failure,
+    };
+    // Power off (the guest flushes its disks), then record the end.
+    let vm_exit = match shared.sandbox.lock().await.take() {
+        Some(sandbox) => sandbox.shutdown(SHUTDOWN_TIMEOUT).await.map(|stopped| stopped.exit),
+        None => Ok(vessel_vm::VmExit::GuestExit),
+    };
+    if let Err(err) = vm_exit {
+        tracing::warn!(error = %err, "the VM did not stop cleanly");
+    }
+    container.state.status = Status::Exited;
+    container.state.supervisor = None;
+    container.state.vm_pid = None;
+    container.state.finished_at = Some(crate::time::now_nanos());
+    container.state.exit_code = Some(exit.code);
+    container.state.error = error;
+    store.save_state(&container)?;
+    shared.exit.send_replace(Some(exit));
+    shared.broadcast(Outgoing::Event(Event::Exited { code: exit.code, signal: exit.signal })).await;
+    shared.attached.lock().expect("not poisoned").clear();
+    stop_on_signal.abort();
+    // Give replies (stop, wait) a moment to leave before the socket goes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    server.abort();
+    if container.config.auto_remove {
+        store.remove(&container)?;
+    }
+    Ok(())
+}
+
+/// Boots the VM, starts the main process and waits for its end. On failure: the exit to
+/// record and the reason.
+async fn run_main(
+    host: &Host,
+    shared: &Arc<Shared>,
+) -> Result<ProcessExit, (ProcessExit, Option<String>)> {
+    let fail = |code: i32, message: String| {
+        shared.main.send_replace(MainState::Failed { code, message: message.clone() });
+        (ProcessExit { code, signal: None }, Some(message))
+    };
+    let config = &shared.container.config;
+    let mut sandbox = boot(host, &shared.container)
+        .await
+        .map_err(|err| fail(EXIT_START_FAILED, error_chain(&err)))?;
+    let _ = shared.agent.set(sandbox.agent().clone());
+
+    let mut relays = Vec::new();
+    let stdin = if config.open_stdin {
+        let (writer, reader) = tokio::io::duplex(64 * 1024);
+        *shared.stdin.lock().await = Some(writer);
+        Some(Box::new(reader) as _)
+    } else {
+        None
+    };
+    let log = Arc::new(std::sync::Mutex::new(
+        LogWriter::open(&shared.container.log_path())
+            .map_err(|err| fail(EXIT_START_FAILED, format!("cannot open the log: {err}")))?,
+    ));
+    let mut output = |stream: Stream| {
+        let (writer, reader) = tokio::io::duplex(64 * 1024);
+        relays.push(tokio::spawn(log_and_broadcast(shared.clone(), log.clone(), stream, reader)));
+        Some(Box::new(writer) as _)
+    };
+    let io = ProcessIo {
+        stdin,
+        stdout: output(Stream::Stdout),
+        stderr: if config.tty { None } else { output(Stream::Stderr) },
+    };
+    let spec = ProcessSpec {
+        container_id: shared.short_id().to_string(),
+        process_id: MAIN_PROCESS.to_string(),
+        args: config.args.clone(),
+        env: config.env.clone(),
+        cwd: config.workdir.clone(),
+        user: config.user.clone(),
+        terminal: config.tty.then(|| *shared.terminal_size.lock().expect("not poisoned")),
+        init: config.init,
+        ..Default::default()
+    };
+    let process = match sandbox.start_process(spec, io).await {
+        Ok(process) => process,
+        Err(err) => {
+            *shared.sandbox.lock().await = Some(sandbox);
+            return Err(start_failure(&err)).map_err(|(code, message)| fail(code, message));
+        }
+    };
+    let mut agent = sandbox.agent().clone();
+    *shared.sandbox.lock().await = Some(sandbox);
+    shared.main.send_replace(MainState::Started(process.pid));
+    tracing::info!(pid = process.pid, "main process started");
+
+    let exit = process.wait(&mut agent).await;
+    for relay in relays {
+        let _ = relay.await;
+    }
+    exit.map_err(|err| {
+        (
+            ProcessExit { code: crate::container::EXIT_LOST, signal: None },
+            Some(format!("lost the container's main process: {}", error_chain(&err))),
+        )
+    })
+}
+
+pub const MAIN_PROCESS: &str = "main";
+
+/// The VM with the container's disks, and the container set up in it.
+async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeError> {
+    let config = &container.config;
+    let prepared = vessel_image::snapshot::prepare(&host.root, &config.image_id)?;
+    let mut disks = vec![vessel_vm::Disk { path: prepared.snapshot, read_only: true }];
+    if !config.read_only {
+        let writable = container.writable_disk();
+        if !writable.exists() {
+            vessel_image::create_empty(&writable, WRITABLE_DISK_SIZE, &Default::default())?;
+        }
+        disks.push(vessel_vm::Disk { path: writable, read_only: false });
+    }
+    let mut options = SandboxOptions::new(container.short_id());
+    options.cpus = (config.cpus.ceil() as u32).max(1);
+    options.memory_mib = config.memory_mib.max(64).saturating_add(VM_MEMORY_OVERHEAD_MIB);
+    options.disks = disks;
+    options.accel = config.accel.parse().unwrap_or_default();
+    let mut sandbox = Sandbox::start(host, options).await?;
+    let request = CreateContainerRequest {
+        container_id: container.short_id().to_string(),
+        image_device: "/dev/vda".into(),
+        writable_device: if config.read_only { String::new() } else { "/dev/vdb".into() },
+        hostname: config.hostname.clone(),
+        memory_limit_bytes: u64::from(config.memory_mib.max(64)) << 20,
+        cpu_millis: (config.cpus * 1000.0).round() as u32,
+    };
+    if let Err(err) = sandbox.agent().create_container(request).await {
+        let _ = sandbox.shutdown(SHUTDOWN_TIMEOUT).await;
+        return Err(err);
+    }
+    Ok(sandbox)
+}
+
+/// docker's exit code and message for a process that could not start.
+fn start_failure(err: &RuntimeError) -> (i32, String) {
+    match err {
+        RuntimeError::AgentCall { call: "StartProcess", status } => (
+            match status.code() {
+                tonic::Code::NotFound => EXIT_NOT_FOUND,
+                tonic::Code::PermissionDenied => EXIT_CANNOT_INVOKE,
+                _ => EXIT_START_FAILED,
+            },
+            status.message().to_string(),
+        ),
+        other => (EXIT_START_FAILED, error_chain(other)),
+    }
+}
+
+/// Copies one output stream of the main process to the log and the attached clients.
+async fn log_and_broadcast(
+    shared: Arc<Shared>,
+    log: Arc<std::sync::Mutex<LogWriter>>,
+    stream: Stream,
+    mut reader: tokio::io::DuplexStream,
+) {
+    let kind = match stream {
+        Stream::Stdout => protocol::STDOUT,
+        Stream::Stderr => protocol::STDERR,
+    };
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        let read = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if let Err(err) = log.lock().expect("not poisoned").write(stream, &buffer[..read]) {
+            tracing::warn!(error = %err, "cannot write the container log");
+        }
+        shared.broadcast(Outgoing::Data(kind, buffer[..read].to_vec())).await;
+    }
+    let _ = log.lock().expect("not poisoned").flush_stream(stream);
+}
+
+/// SIGTERM or SIGINT to the supervisor stops the container as `vessel stop` would.
+async fn stop_on_signal(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    let config = &shared.container.config;
+    let signal = parse_signal(&config.stop_signal).unwrap_or(15);
+    stop(&shared, signal, Duration::from_secs(config.stop_timeout.into())).await;
+}
+
+/// Sends `signal` to the main process, then SIGKILL if it has not ended after `timeout`.
+async fn stop(shared: &Shared, signal: i32, timeout: Duration) {
+    if shared.started().await.is_err() {
+        return;
+    }
+    let Some(mut agent) = shared.agent() else { return };
+    if shared.exit.borrow().is_some() {
+        return;
+    }
+    let _ = agent.signal_process(MAIN_PROCESS, signal).await;
+    if tokio::time::timeout(timeout, shared.exited()).await.is_err() {
+        tracing::info!(?timeout, "the container did not stop in time; killing it");
+        let _ = agent.signal_process(MAIN_PROCESS, SIGKILL).await;
+    }
+    shared.exited().await;
+}
+
+const SIGKILL: i32 = 9;
+
+/// A signal by name (`SIGTERM`, `TERM`, `term`) or number.
+pub fn parse_signal(text: &str) -> Option<i32> {
+    if let Ok(number) = text.parse::<i32>() {
+        return (1..=64).contains(&number).then_some(number);
+    }
+    let name = text.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    NAMES.iter().position(|known| *known == name).map(|index| index as i32 + 1)
+}
+
+fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, SupervisorError> {
+    let io = |action| {
+        let path = path.to_path_buf();
+        move |source| SupervisorError::Io { action, path, source }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
+    }
+    // Left by a supervisor that was killed: nobody listens on it any more.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(io("listen on"))?;
+    // The socket controls the container: root only.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("set the mode of"))?;
+    Ok(listener)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `outer: inner: innermost`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("kill"), Some(9));
+        assert_eq!(parse_signal("HUP"), Some(1));
+        assert_eq!(parse_signal("SIGSYS"), Some(31));
+        assert_eq!(parse_signal("10"), Some(10));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+}
