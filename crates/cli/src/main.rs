@@ -32,14 +32,20 @@ pub struct Context {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        if cli.debug { "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug" } else { "warn" };
+    let filter = if cli.debug {
+        "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug"
+    } else if cli.command.is_supervisor() {
+        "warn,vessel_runtime::supervisor=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VESSEL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let context = Context { host: vessel_runtime::Host::new(cli.root), debug: cli.debug };
     match commands::run(cli.command, &context) {

@@ -71,7 +71,17 @@ fn detached_container_with_exec_logs_stop_start_and_rm() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("already in use"));
 
     // exec: the container's environment plus ours, its workdir or ours, users, exit codes.
-    let out = root.ok(&["exec", "-e", "EXTRA=1", "-w", "/tmp", "web", "sh", "-c", "echo $ROLE $EXTRA; pwd"]);
+    let out = root.ok(&[
+        "exec",
+        "-e",
+        "EXTRA=1",
+        "-w",
+        "/tmp",
+        "web",
+        "sh",
+        "-c",
+        "echo $ROLE $EXTRA; pwd",
+    ]);
     assert_eq!(out, "server 1\n/tmp\n");
     assert_eq!(root.ok(&["exec", "-u", "nobody", "web", "id", "-u"]), "65534\n");
     assert_eq!(root.run(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
@@ -186,7 +196,8 @@ fn containers_of_one_image_share_its_snapshot() {
         .count();
     assert_eq!(snapshots, 1);
     let vms = processes_mentioning("rootfs.ext4");
-    let ours: Vec<_> = vms.iter().filter(|p| p.contains(&root.path().display().to_string())).collect();
+    let ours: Vec<_> =
+        vms.iter().filter(|p| p.contains(&root.path().display().to_string())).collect();
     assert_eq!(ours.len(), 2, "{vms:#?}");
     assert_eq!(root.ok(&["exec", first.trim(), "cat", "/mine"]), "one\n");
     assert_eq!(root.ok(&["exec", second.trim(), "cat", "/mine"]), "two\n");
@@ -207,5 +218,53 @@ fn containers_of_one_image_share_its_snapshot() {
     let pruned = root.ok(&["container", "prune", "-f"]);
     assert!(pruned.contains("Deleted Containers"));
     assert!(root.ok(&["ps", "-a", "-q"]).is_empty());
+    assert_nothing_running(&root);
+}
+
+/// `cp` both ways (a tree with a symlink and modes), `--init` as PID 1, `stats`, and
+/// `exec -it` through a real terminal.
+#[test]
+fn cp_init_stats_and_an_interactive_exec() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = busybox_root();
+    root.ok(&["run", "-d", "--init", "--name", "box", IMAGE, "sleep", "1000"]);
+    let pid1 = root.ok(&["exec", "box", "cat", "/proc/1/cmdline"]);
+    assert!(pid1.contains("container-init") && pid1.contains("sleep"), "{pid1:?}");
+
+    let host = root.path().join("host");
+    std::fs::create_dir_all(host.join("tree/sub")).unwrap();
+    std::fs::write(host.join("tree/sub/script"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(host.join("tree/sub/script"), std::fs::Permissions::from_mode(0o750))
+        .unwrap();
+    std::os::unix::fs::symlink("sub/script", host.join("tree/link")).unwrap();
+    root.ok(&["cp", host.join("tree").to_str().unwrap(), "box:/srv"]);
+    assert_eq!(root.ok(&["exec", "box", "/srv/link"]), "ran\n");
+    assert_eq!(root.ok(&["exec", "box", "stat", "-c", "%a", "/srv/sub/script"]), "750\n");
+
+    root.ok(&["exec", "box", "sh", "-c", "echo made inside > /srv/sub/new"]);
+    let back = root.path().join("back");
+    root.ok(&["cp", "box:/srv", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(back.join("sub/new")).unwrap(), "made inside\n");
+    assert_eq!(std::fs::read_link(back.join("link")).unwrap(), std::path::Path::new("sub/script"));
+    let output = root.run(&["cp", "box:/no/such/file", back.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file"));
+
+    let stats: serde_json::Value =
+        serde_json::from_str(root.ok(&["stats", "--no-stream", "--format", "json", "box"]).trim())
+            .unwrap();
+    assert_eq!(stats["Name"], "box");
+    assert!(stats["MemUsage"].as_str().unwrap().ends_with("/ 256MiB"), "{stats}");
+    assert!(stats["PIDs"].as_str().unwrap().parse::<u32>().unwrap() >= 2, "{stats}");
+
+    let mut terminal =
+        common::pty::PtySession::spawn(root.command(&["exec", "-it", "box", "sh"]), 25, 90);
+    terminal.wait_for("# ");
+    terminal.type_text("stty size; tty; exit 4\n");
+    terminal.wait_for("25 90");
+    terminal.wait_for("/dev/pts/");
+    assert_eq!(terminal.wait().code(), Some(4));
+
+    root.ok(&["rm", "-f", "box"]);
     assert_nothing_running(&root);
 }

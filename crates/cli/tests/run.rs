@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::pty::PtySession;
 use common::{processes_mentioning, TestRoot};
 use std::io::Write;
 use std::process::Stdio;
@@ -121,71 +122,22 @@ fn run_failures_use_dockers_exit_codes() {
 /// resize, and the shell's exit code.
 #[test]
 fn run_with_a_terminal_follows_its_size() {
-    use std::os::unix::process::CommandExt;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
     let root = TestRoot::new();
     import_busybox(&root);
-    let size =
-        |rows, cols| nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    let pty = nix::pty::openpty(Some(&size(30, 100)), None).unwrap();
-    let mut command = root.command(&["run", "--rm", "-it", IMAGE, "sh"]);
-    command
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; the terminal becomes vessel's
-    // controlling terminal, so window changes send it SIGWINCH as a shell's would.
-    unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    drop(pty.slave);
-
-    let output = Arc::new(Mutex::new(String::new()));
-    let mut master = std::fs::File::from(pty.master);
-    let mut reader = master.try_clone().unwrap();
-    let collected = output.clone();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut reader, &mut buffer) {
-            if n == 0 {
-                break;
-            }
-            collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    });
-    let wait_for = |text: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !output.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "no {text:?} in {:?}", output.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("/ # ");
-    master.write_all(b"stty size; echo $((6*7))\n").unwrap();
-    wait_for("42");
-    assert!(output.lock().unwrap().contains("30 100"), "{:?}", output.lock().unwrap());
+    let mut terminal =
+        PtySession::spawn(root.command(&["run", "--rm", "-it", IMAGE, "sh"]), 30, 100);
+    terminal.wait_for("/ # ");
+    terminal.type_text("stty size; echo $((6*7))\n");
+    terminal.wait_for("42");
+    assert!(terminal.output().contains("30 100"), "{:?}", terminal.output());
     // Echo: what we typed comes back from the container's terminal.
-    assert!(output.lock().unwrap().contains("stty size; echo $((6*7))"));
+    assert!(terminal.output().contains("stty size; echo $((6*7))"));
 
-    rustix::termios::tcsetwinsize(
-        &master,
-        rustix::termios::Winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 },
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    master.write_all(b"stty size; exit 5\n").unwrap();
-    wait_for("40 120");
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(5));
+    terminal.resize(40, 120);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminal.type_text("stty size; exit 5\n");
+    terminal.wait_for("40 120");
+    assert_eq!(terminal.wait().code(), Some(5));
     assert_nothing_left(&root);
 }
 

@@ -47,6 +47,13 @@ pub enum RootfsCommand {
     Create(rootfs::CreateArgs),
 }
 
+impl Command {
+    /// The hidden supervisor logs its container's milestones (to its log file).
+    pub fn is_supervisor(&self) -> bool {
+        matches!(self, Command::Container(container::ContainerCommand::Supervise(_)))
+    }
+}
+
 pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::System(command) => system::run(command, context),

@@ -70,9 +70,15 @@ impl<I, O, E> std::fmt::Debug for LocalIo<I, O, E> {
 /// How an attached session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
-    Exited { code: i32, signal: Option<i32> },
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+    },
     /// The process never started; `code` is docker's (125, 126 or 127).
-    Failed { code: i32, message: String },
+    Failed {
+        code: i32,
+        message: String,
+    },
 }
 
 /// Sends `request` (Attach or Exec) on `stream` and relays stdio until the process ends.

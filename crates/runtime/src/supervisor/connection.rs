@@ -87,8 +87,11 @@ async fn attach(
     if shared.exit.borrow().is_some() {
         let mut writer = writer;
         let exit = shared.exited().await;
-        return protocol::write_json(&mut writer, &Event::Exited { code: exit.code, signal: exit.signal })
-            .await;
+        return protocol::write_json(
+            &mut writer,
+            &Event::Exited { code: exit.code, signal: exit.signal },
+        )
+        .await;
     }
     shared.attached.lock().expect("not poisoned").push(frames.clone());
     shared.attach_count.send_modify(|count| *count += 1);
@@ -286,9 +289,7 @@ async fn exec(
     let input_task = tokio::spawn({
         let shared = shared.clone();
         let process_id = process_id.clone();
-        async move {
-            client_frames(shared, &mut reader, input.map(InputTarget::Exec), process_id).await
-        }
+        async move { client_frames(shared, &mut reader, input.map(InputTarget::Exec), process_id).await }
     });
     let waiter = tokio::spawn(async move {
         let exit = process.wait(&mut agent).await;

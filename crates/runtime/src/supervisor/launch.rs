@@ -21,11 +21,10 @@ pub fn launch(
     wait_for_attach: bool,
 ) -> Result<Child, SupervisorError> {
     let log_path = container.supervisor_log();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| SupervisorError::Io { action: "open", path: log_path.clone(), source })?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(
+            |source| SupervisorError::Io { action: "open", path: log_path.clone(), source },
+        )?;
     let mut command = Command::new(program);
     command
         .arg("--root")

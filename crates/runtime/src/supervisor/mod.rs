@@ -80,7 +80,10 @@ struct Shared {
     /// How many clients have attached (the main process may wait for the first).
     attach_count: watch::Sender<usize>,
     /// The writing end of the main process's stdin (with `-i`), until someone closes it.
+    /// It exists from the start, so input that arrives while the VM boots waits in it.
     stdin: Mutex<Option<tokio::io::DuplexStream>>,
+    /// Its reading end, until the main process takes it.
+    main_stdin: Mutex<Option<tokio::io::DuplexStream>>,
     /// The main process's terminal size, as the last attached client asked for it.
     terminal_size: std::sync::Mutex<(u16, u16)>,
     next_exec: std::sync::atomic::AtomicU32,
@@ -118,7 +121,10 @@ impl Shared {
             .wait_for(|state| !matches!(state, MainState::Booting))
             .await
             .map(|state| state.clone())
-            .unwrap_or(MainState::Failed { code: EXIT_START_FAILED, message: "supervisor ending".into() });
+            .unwrap_or(MainState::Failed {
+                code: EXIT_START_FAILED,
+                message: "supervisor ending".into(),
+            });
         match state {
             MainState::Started(pid) => Ok(pid),
             MainState::Failed { code, message } => Err(Event::Failed { code, message }),
@@ -129,7 +135,9 @@ impl Shared {
     async fn exited(&self) -> ProcessExit {
         let mut exit = self.exit.subscribe();
         let exit = exit.wait_for(Option::is_some).await.map(|exit| *exit);
-        exit.ok().flatten().unwrap_or(ProcessExit { code: crate::container::EXIT_LOST, signal: None })
+        exit.ok()
+            .flatten()
+            .unwrap_or(ProcessExit { code: crate::container::EXIT_LOST, signal: None })
     }
 }
 
@@ -159,6 +167,13 @@ pub async fn run(
     let _socket_guard = RemoveOnDrop(socket_path);
     ready();
 
+    let (stdin_writer, stdin_reader) = match container.config.open_stdin {
+        true => {
+            let (writer, reader) = tokio::io::duplex(64 * 1024);
+            (Some(writer), Some(reader))
+        }
+        false => (None, None),
+    };
     let shared = Arc::new(Shared {
         container: container.clone(),
         main: watch::channel(MainState::Booting).0,
@@ -167,7 +182,8 @@ pub async fn run(
         agent: Default::default(),
         attached: Default::default(),
         attach_count: watch::channel(0).0,
-        stdin: Mutex::new(None),
+        stdin: Mutex::new(stdin_writer),
+        main_stdin: Mutex::new(stdin_reader),
         terminal_size: std::sync::Mutex::new((24, 80)),
         next_exec: Default::default(),
     });
@@ -187,8 +203,9 @@ pub async fn run(
         Some(sandbox) => sandbox.shutdown(SHUTDOWN_TIMEOUT).await.map(|stopped| stopped.exit),
         None => Ok(vessel_vm::VmExit::GuestExit),
     };
-    if let Err(err) = vm_exit {
-        tracing::warn!(error = %err, "the VM did not stop cleanly");
+    match vm_exit {
+        Ok(vm_exit) => tracing::info!(%vm_exit, "VM stopped"),
+        Err(err) => tracing::warn!(error = %err, "the VM did not stop cleanly"),
     }
     container.state.status = Status::Exited;
     container.state.supervisor = None;
@@ -225,15 +242,10 @@ async fn run_main(
         .await
         .map_err(|err| fail(EXIT_START_FAILED, error_chain(&err)))?;
     let _ = shared.agent.set(sandbox.agent().clone());
+    tracing::info!(after = ?sandbox.started.elapsed(), "VM booted, container set up");
 
     let mut relays = Vec::new();
-    let stdin = if config.open_stdin {
-        let (writer, reader) = tokio::io::duplex(64 * 1024);
-        *shared.stdin.lock().await = Some(writer);
-        Some(Box::new(reader) as _)
-    } else {
-        None
-    };
+    let stdin = shared.main_stdin.lock().await.take().map(|reader| Box::new(reader) as _);
     let log = Arc::new(std::sync::Mutex::new(
         LogWriter::open(&shared.container.log_path())
             .map_err(|err| fail(EXIT_START_FAILED, format!("cannot open the log: {err}")))?,
@@ -272,6 +284,7 @@ async fn run_main(
     tracing::info!(pid = process.pid, "main process started");
 
     let exit = process.wait(&mut agent).await;
+    tracing::info!(?exit, "main process ended");
     for relay in relays {
         let _ = relay.await;
     }

@@ -68,14 +68,24 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// The process could not start; `code` is docker's (125, 126 cannot invoke, 127 not
     /// found).
-    Failed { code: i32, message: String },
-    Exited { code: i32, signal: Option<i32> },
+    Failed {
+        code: i32,
+        message: String,
+    },
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+    },
     Stats(Stats),
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

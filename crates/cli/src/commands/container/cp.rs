@@ -33,7 +33,10 @@ fn location(argument: &str) -> Location {
     if !argument.starts_with('/') && !argument.starts_with('.') {
         if let Some((container, path)) = argument.split_once(':') {
             if !container.is_empty() {
-                return Location::Container { container: container.into(), path: path.into() };
+                // Container paths are relative to its root, as docker's.
+                let path =
+                    if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+                return Location::Container { container: container.into(), path };
             }
         }
     }
@@ -136,7 +139,9 @@ fn copy_in(
     }
     let (mut reader, writer) = std::io::pipe()?;
     let archiver = std::thread::spawn(move || match source {
-        Some(source) => vessel_runtime::copy::archive_host_path(&source, writer).map_err(anyhow::Error::from),
+        Some(source) => {
+            vessel_runtime::copy::archive_host_path(&source, writer).map_err(anyhow::Error::from)
+        }
         None => {
             let mut writer = writer;
             std::io::copy(&mut std::io::stdin().lock(), &mut writer)

@@ -35,8 +35,7 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    if args.tty && args.interactive && !args.detach && !rustix::termios::isatty(std::io::stdin())
-    {
+    if args.tty && args.interactive && !args.detach && !rustix::termios::isatty(std::io::stdin()) {
         anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)");
     }
     let container = find(context, &args.container)?;

@@ -23,9 +23,8 @@ pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<ExitCode> {
         match store(context).find(query) {
             Ok(container) => documents.push(json(&container)),
             Err(StoreError::NotFound(_)) => {
-                let image = crate::commands::image::inspect_json(context, query).map_err(|_| {
-                    anyhow::anyhow!("no such container or image: {query}")
-                })?;
+                let image = crate::commands::image::inspect_json(context, query)
+                    .map_err(|_| anyhow::anyhow!("no such container or image: {query}"))?;
                 documents.push(image);
             }
             Err(err) => return Err(err.into()),

@@ -37,17 +37,20 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
-        .map(String::from)];
+    let mut rows =
+        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
     for container in &containers {
         let command = quoted_command(container);
         rows.push([
             if args.no_trunc { container.id() } else { container.short_id() }.to_string(),
             container.config.image.clone(),
             if args.no_trunc { command } else { truncate(&command, 20) },
-            format!("{} ago", vessel_runtime::time::human_duration(
-                vessel_runtime::time::since(container.config.created),
-            )),
+            format!(
+                "{} ago",
+                vessel_runtime::time::human_duration(vessel_runtime::time::since(
+                    container.config.created
+                ),)
+            ),
             container.status_text(),
             container.config.name.clone(),
         ]);

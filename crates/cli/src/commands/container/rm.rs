@@ -52,8 +52,7 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
 /// the supervisor, whose VM dies with it.
 fn kill(context: &Context, container: &vessel_runtime::container::Container) -> anyhow::Result<()> {
     let request = Request::Stop { signal: 9, timeout_secs: 0 };
-    let answered =
-        block_on(client::request(&context.host, container, &request))?.is_ok();
+    let answered = block_on(client::request(&context.host, container, &request))?.is_ok();
     let supervisor = container.state.supervisor;
     if answered && wait_for_exit(supervisor, Duration::from_secs(30)) {
         return Ok(());

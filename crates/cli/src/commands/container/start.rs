@@ -40,7 +40,8 @@ pub fn run(args: StartArgs, context: &Context) -> anyhow::Result<ExitCode> {
             let raw = (tty && stdin && rustix::termios::isatty(std::io::stdin()))
                 .then(terminal::RawMode::enter)
                 .transpose()?;
-            let end = block_on(session(context, &container, Request::Attach { stdin }, stdin, tty))?;
+            let end =
+                block_on(session(context, &container, Request::Attach { stdin }, stdin, tty))?;
             drop(raw);
             let end = end?;
             let _ = supervisor.wait();

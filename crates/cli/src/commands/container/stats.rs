@@ -61,8 +61,9 @@ fn sample(context: &Context, containers: &[Container]) -> Vec<Sample> {
 }
 
 fn print_rows(containers: &[Container], before: &[Sample], after: &[Sample], format: &str) {
-    let mut rows = vec![["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "BLOCK I/O", "PIDS"]
-        .map(String::from)];
+    let mut rows =
+        vec![["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "BLOCK I/O", "PIDS"]
+            .map(String::from)];
     for ((container, before), after) in containers.iter().zip(before).zip(after) {
         let (cpu, memory, limit, io, pids) = match (before, after) {
             (Some((t0, s0)), Some((t1, s1))) => {
@@ -73,7 +74,13 @@ fn print_rows(containers: &[Container], before: &[Sample], after: &[Sample], for
                 } else {
                     u64::from(container.config.memory_mib) << 20
                 };
-                (cpu, s1.memory_usage_bytes, limit, (s1.block_read_bytes, s1.block_write_bytes), s1.pids)
+                (
+                    cpu,
+                    s1.memory_usage_bytes,
+                    limit,
+                    (s1.block_read_bytes, s1.block_write_bytes),
+                    s1.pids,
+                )
             }
             _ => (0.0, 0, 0, (0, 0), 0),
         };
