@@ -147,6 +147,9 @@ mod tests {
         log.write(Stream::Stdout, &vec![b'x'; MAX_ENTRY * 2 + 5]).unwrap();
         log.flush_stream(Stream::Stdout).unwrap();
         let (entries, _) = read_from(&path, 0).unwrap();
-        assert_eq!(entries.iter().map(|e| e.log.len()).collect::<Vec<_>>(), [MAX_ENTRY, MAX_ENTRY, 5]);
+        assert_eq!(
+            entries.iter().map(|e| e.log.len()).collect::<Vec<_>>(),
+            [MAX_ENTRY, MAX_ENTRY, 5]
+        );
     }
 }

@@ -238,8 +238,7 @@ mod tests {
         write_json_atomically(&path, &ContainerState::default()).unwrap();
         let state = ContainerState { status: Status::Running, ..Default::default() };
         write_json_atomically(&path, &state).unwrap();
-        let read: ContainerState =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let read: ContainerState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(read, state);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }

@@ -6,8 +6,8 @@
 //! any step leaves either nothing visible or a complete container.
 
 use super::{
-    is_id, write_json_atomically, Container, ContainerConfig, ContainerState, Status,
-    CONFIG_FILE, STATE_FILE,
+    is_id, write_json_atomically, Container, ContainerConfig, ContainerState, Status, CONFIG_FILE,
+    STATE_FILE,
 };
 use std::path::{Path, PathBuf};
 
@@ -207,7 +207,9 @@ impl ContainerStore {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(StoreError::Io { action: "read", path: self.dir.clone(), source: err }),
+            Err(err) => {
+                return Err(StoreError::Io { action: "read", path: self.dir.clone(), source: err })
+            }
         };
         Ok(entries
             .flatten()
