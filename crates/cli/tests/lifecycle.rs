@@ -205,6 +205,9 @@ fn containers_of_one_image_share_its_snapshot() {
 
     root.ok(&["create", "--name", "later", IMAGE, "echo", "hi from create"]);
     assert!(root.ok(&["ps", "-a"]).contains("Created"));
+    let output = root.run(&["rmi", IMAGE]);
+    assert_eq!(output.status.code(), Some(125), "an image in use stays");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("used by container"));
     let output = root.run(&["start", "-a", "later"]);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hi from create\n");

@@ -18,6 +18,23 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<()> {
         let by_name = query
             .parse::<vessel_oci::Reference>()
             .is_ok_and(|r| entries.iter().any(|e| e.name == r));
+        // An image a container was created from stays while the container does (its next
+        // start needs the image's snapshot), unless forced.
+        if !args.force {
+            let image = store.find(query)?;
+            let containers = vessel_runtime::container::ContainerStore::new(&context.host.root);
+            if let Some(user) = containers
+                .list()?
+                .into_iter()
+                .find(|c| c.config.image_id == image.id().to_string())
+            {
+                anyhow::bail!(
+                    "image {query} is used by container {} ({}): remove the container first, or use --force",
+                    user.short_id(),
+                    user.config.name
+                );
+            }
+        }
         if entries.len() > 1 && !by_name && !args.force {
             anyhow::bail!(
                 "image {query} has several names ({}): remove them by name, or use --force",
