@@ -1,18 +1,24 @@
 //! The container lifecycle through the CLI, end to end: detached containers with their
-//! supervisors, exec, logs, stop/kill/start/wait/rm, names and ids, recovery after a
-//! supervisor is killed, and nothing left behind.
+//! supervisors, exec, logs, stop/kill/start/wait/rm, signals, names and ids, recovery after
+//! a supervisor is killed, and nothing left behind.
 
 mod common;
 
+use common::images::TestImage;
+use common::registry::Registry;
 use common::{processes_mentioning, TestRoot};
 use std::time::{Duration, Instant};
 
-/// The image the README's set-up makes (scripts/demo-image, from busybox-static).
-const IMAGE: &str = "vessel.local/busybox";
+/// The busybox test image (scripts/test-images, from busybox-static), as tests name it.
+const IMAGE: &str = "test/busybox";
 
+/// A state root holding the busybox test image, pulled from a real registry of its own.
 fn busybox_root() -> TestRoot {
     let root = TestRoot::new();
-    common::import_demo_image(&root);
+    let registry = Registry::start();
+    let reference = TestImage::Busybox.push(&registry);
+    root.ok(&["pull", "--quiet", &reference]);
+    root.ok(&["tag", &reference, IMAGE]);
     root
 }
 
@@ -84,6 +90,9 @@ fn detached_container_with_exec_logs_stop_start_and_rm() {
     ]);
     assert_eq!(out, "server 1\n/tmp\n");
     assert_eq!(root.ok(&["exec", "-u", "nobody", "web", "id", "-u"]), "65534\n");
+    // A user by name gets its groups from the image's /etc/group.
+    assert_eq!(root.ok(&["exec", "-u", "tester", "web", "id", "-Gn"]).trim(), "tester users extra");
+    assert_eq!(root.ok(&["exec", "-u", "1000:100", "web", "id", "-g"]), "100\n");
     assert_eq!(root.run(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
     let output = root.run(&["exec", "web", "no-such-command"]);
     assert_eq!(output.status.code(), Some(127));
@@ -269,5 +278,35 @@ fn cp_init_stats_and_an_interactive_exec() {
     assert_eq!(terminal.wait().code(), Some(4));
 
     root.ok(&["rm", "-f", "box"]);
+    assert_nothing_running(&root);
+}
+
+/// Without a terminal, Ctrl-C (SIGINT) and SIGTERM sent to `vessel run` reach the
+/// container's process, and `run` exits with its code.
+#[test]
+fn signals_reach_a_foreground_container() {
+    let root = busybox_root();
+    let mut child = root
+        .command(&[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "got INT\n");
+    assert_eq!(child.wait().unwrap().code(), Some(9));
     assert_nothing_running(&root);
 }
