@@ -23,10 +23,8 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<()> {
         if !args.force {
             let image = store.find(query)?;
             let containers = vessel_runtime::container::ContainerStore::new(&context.host.root);
-            if let Some(user) = containers
-                .list()?
-                .into_iter()
-                .find(|c| c.config.image_id == image.id().to_string())
+            if let Some(user) =
+                containers.list()?.into_iter().find(|c| c.config.image_id == image.id().to_string())
             {
                 anyhow::bail!(
                     "image {query} is used by container {} ({}): remove the container first, or use --force",
