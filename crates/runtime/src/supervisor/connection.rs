@@ -13,7 +13,15 @@ use tokio::sync::mpsc;
 /// Accepts clients until the supervisor ends.
 pub(super) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(error = %err, "cannot accept a control connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(err) = handle(stream, shared).await {

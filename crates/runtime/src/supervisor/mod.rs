@@ -151,7 +151,19 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<(), SupervisorError> {
     let store = ContainerStore::new(&host.root);
-    let mut container = store.find(id)?;
+    let found = store.find(id)?;
+    // Held for the supervisor's life: two `start`s of one container never both run it.
+    let lock_path = found.dir.join(SUPERVISOR_LOCK);
+    let lock = std::fs::File::create(&lock_path).map_err(|source| SupervisorError::Io {
+        action: "create",
+        path: lock_path,
+        source,
+    })?;
+    if lock.try_lock().is_err() {
+        return Err(SupervisorError::AlreadyRunning(found.config.name.clone()));
+    }
+    // Read again under the lock.
+    let mut container = store.load(found.id())?;
     if container.is_running() {
         return Err(SupervisorError::AlreadyRunning(container.config.name.clone()));
     }
@@ -297,6 +309,9 @@ async fn run_main(
 }
 
 pub const MAIN_PROCESS: &str = "main";
+
+/// A file in the container's directory the supervisor keeps locked while it runs.
+const SUPERVISOR_LOCK: &str = "supervisor.lock";
 
 /// The VM with the container's disks, and the container set up in it.
 async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeError> {
