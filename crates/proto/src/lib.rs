@@ -20,3 +20,23 @@ pub mod ports {
 
 /// The vsock CID of the host, as the guest sees it.
 pub const HOST_CID: u32 = 2;
+
+/// The capabilities a container's processes keep when the request names none: docker's
+/// default set (moby's `oci/caps/defaults.go`). The host starts from it for `--cap-add`
+/// and `--cap-drop`.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];

@@ -50,24 +50,6 @@ const CAPABILITIES: [&str; 41] = [
     "checkpoint_restore",
 ];
 
-/// docker's default set (moby's `oci/caps/defaults.go`).
-const DOCKER_DEFAULT: [&str; 14] = [
-    "chown",
-    "dac_override",
-    "fsetid",
-    "fowner",
-    "mknod",
-    "net_raw",
-    "setgid",
-    "setuid",
-    "setfcap",
-    "setpcap",
-    "net_bind_service",
-    "sys_chroot",
-    "kill",
-    "audit_write",
-];
-
 /// A set of capabilities, one bit per number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapSet(pub u64);
@@ -76,7 +58,9 @@ impl CapSet {
     /// The set a request asks for: docker's default when it names none.
     pub fn from_request(requested: Option<&Capabilities>) -> Result<CapSet, String> {
         let Some(requested) = requested else {
-            return DOCKER_DEFAULT.iter().try_fold(CapSet(0), |set, name| set.with(name));
+            return vessel_proto::DEFAULT_CAPABILITIES
+                .iter()
+                .try_fold(CapSet(0), |set, name| set.with(name));
         };
         requested.names.iter().try_fold(CapSet(0), |set, name| set.with(name))
     }

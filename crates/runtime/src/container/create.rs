@@ -33,6 +33,11 @@ pub struct CreateOptions {
     pub init: bool,
     pub auto_remove: bool,
     pub accel: String,
+    /// `--ulimit`: name, soft, hard.
+    pub ulimits: Vec<(String, u64, u64)>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub no_new_privileges: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +95,44 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         init: options.init,
         auto_remove: options.auto_remove,
         accel: options.accel,
+        ulimits: options.ulimits,
+        capabilities: capabilities(&options.cap_add, &options.cap_drop),
+        no_new_privileges: options.no_new_privileges,
     };
     Ok(ContainerStore::new(&host.root).create(config)?)
+}
+
+/// The capabilities `--cap-add` and `--cap-drop` leave of docker's default set (None: the
+/// default set itself). `ALL` works on either side, as with docker.
+fn capabilities(add: &[String], drop: &[String]) -> Option<Vec<String>> {
+    if add.is_empty() && drop.is_empty() {
+        return None;
+    }
+    let canonical = |name: &String| {
+        let upper = name.to_ascii_uppercase();
+        if upper == "ALL" || upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        }
+    };
+    let add: Vec<String> = add.iter().map(canonical).collect();
+    let drop: Vec<String> = drop.iter().map(canonical).collect();
+    if add.iter().any(|name| name == "ALL") {
+        return Some(vec!["ALL".to_string()]);
+    }
+    let mut kept: Vec<String> = if drop.iter().any(|name| name == "ALL") {
+        Vec::new()
+    } else {
+        let default = vessel_proto::DEFAULT_CAPABILITIES.iter().map(|name| name.to_string());
+        default.filter(|name| !drop.contains(name)).collect()
+    };
+    for name in add {
+        if !kept.contains(&name) {
+            kept.push(name);
+        }
+    }
+    Some(kept)
 }
 
 /// ENTRYPOINT followed by CMD, as docker joins them.
@@ -139,6 +180,23 @@ mod tests {
         assert_eq!(command_line(v(&["/init"]), v(&["a", "b"])).unwrap(), ["/init", "a", "b"]);
         assert_eq!(command_line(None, v(&["sh"])).unwrap(), ["sh"]);
         assert!(matches!(command_line(None, None), Err(CreateError::NoCommand)));
+    }
+
+    #[test]
+    fn capabilities_start_from_dockers_default() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(capabilities(&[], &[]), None);
+        let kept = capabilities(&names(&["net_admin"]), &names(&["CAP_CHOWN", "kill"])).unwrap();
+        assert!(kept.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(
+            !kept.contains(&"CAP_CHOWN".to_string()) && !kept.contains(&"CAP_KILL".to_string())
+        );
+        assert_eq!(kept.len(), 13);
+        assert_eq!(
+            capabilities(&names(&["NET_ADMIN"]), &names(&["ALL"])).unwrap(),
+            ["CAP_NET_ADMIN"]
+        );
+        assert_eq!(capabilities(&names(&["all"]), &[]).unwrap(), ["ALL"]);
     }
 
     #[test]

@@ -52,6 +52,15 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// The accelerator asked for: auto, kvm or tcg.
     pub accel: String,
+    /// Resource limits (`--ulimit`): name, soft, hard (`u64::MAX` unlimited).
+    #[serde(default)]
+    pub ulimits: Vec<(String, u64, u64)>,
+    /// The capabilities every process keeps; None: docker's default set.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// docker's container states, as `ps` and `inspect` show them.

@@ -239,7 +239,7 @@ async fn exec(
         cwd: request.workdir.unwrap_or_else(|| config.workdir.clone()),
         user: request.user.unwrap_or_else(|| config.user.clone()),
         terminal: request.terminal,
-        ..Default::default()
+        ..super::security(config)
     };
     let (frames, outgoing) = mpsc::channel(64);
     let mut relays = Vec::new();

@@ -281,7 +281,7 @@ async fn run_main(
         user: config.user.clone(),
         terminal: config.tty.then(|| *shared.terminal_size.lock().expect("not poisoned")),
         init: config.init,
-        ..Default::default()
+        ..security(config)
     };
     let process = match sandbox.start_process(spec, io).await {
         Ok(process) => process,
@@ -309,6 +309,25 @@ async fn run_main(
 }
 
 pub const MAIN_PROCESS: &str = "main";
+
+/// The limits and privileges every process of the container gets (the main one and
+/// each exec).
+fn security(config: &crate::container::ContainerConfig) -> ProcessSpec {
+    ProcessSpec {
+        rlimits: config
+            .ulimits
+            .iter()
+            .map(|(name, soft, hard)| crate::process::Rlimit {
+                name: name.clone(),
+                soft: *soft,
+                hard: *hard,
+            })
+            .collect(),
+        capabilities: config.capabilities.clone(),
+        no_new_privileges: config.no_new_privileges,
+        ..Default::default()
+    }
+}
 
 /// A file in the container's directory the supervisor keeps locked while it runs.
 const SUPERVISOR_LOCK: &str = "supervisor.lock";

@@ -60,6 +60,18 @@ pub struct CreateFlags {
     /// Run a minimal init as PID 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
+    /// A resource limit: NAME=SOFT[:HARD] (e.g. nofile=1024:2048; -1 for unlimited)
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = parse_ulimit)]
+    pub ulimits: Vec<(String, u64, u64)>,
+    /// Add a capability to docker's default set (NET_ADMIN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from docker's default set (CHOWN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Security options: no-new-privileges[=true|false]
+    #[arg(long, value_name = "OPTION", value_parser = parse_security_opt)]
+    pub security_opt: Vec<bool>,
     /// Accelerator: auto, kvm or tcg
     #[arg(long, default_value = "auto")]
     pub accel: vessel_vm::Accel,
@@ -127,8 +139,42 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         init: flags.init,
         auto_remove: flags.rm,
         accel: flags.accel.to_string(),
+        ulimits: flags.ulimits,
+        cap_add: flags.cap_add,
+        cap_drop: flags.cap_drop,
+        no_new_privileges: flags.security_opt.last().copied().unwrap_or(false),
     };
     Ok(vessel_runtime::container::create::create(&context.host, options)?)
+}
+
+/// `nofile=1024:2048`, `nproc=512` (soft = hard), `-1` for unlimited.
+fn parse_ulimit(value: &str) -> Result<(String, u64, u64), String> {
+    let invalid =
+        || format!("invalid --ulimit {value:?} (NAME=SOFT[:HARD], e.g. nofile=1024:2048)");
+    let (name, limits) = value.split_once('=').ok_or_else(invalid)?;
+    let number = |text: &str| match text {
+        "-1" | "unlimited" => Ok(u64::MAX),
+        text => text.parse::<u64>().map_err(|_| invalid()),
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((soft, hard)) => (number(soft)?, number(hard)?),
+        None => (number(limits)?, number(limits)?),
+    };
+    if name.is_empty() || soft > hard {
+        return Err(invalid());
+    }
+    Ok((name.to_string(), soft, hard))
+}
+
+/// The security options vessel knows: only `no-new-privileges` so far.
+fn parse_security_opt(value: &str) -> Result<bool, String> {
+    match value.replace(':', "=").as_str() {
+        "no-new-privileges" | "no-new-privileges=true" => Ok(true),
+        "no-new-privileges=false" => Ok(false),
+        _ => Err(format!(
+            "unsupported --security-opt {value:?} (vessel knows no-new-privileges[=true|false])"
+        )),
+    }
 }
 
 fn parse_cpus(value: &str) -> Result<f64, String> {
