@@ -1,5 +1,5 @@
-//! Container root filesystems: the image's read-only ext4 and the container's writable
-//! ext4 joined with overlayfs, under /run/containers/<id>.
+//! Container root filesystems: the image's tree in its read-only ext4 and the container's
+//! writable ext4 joined with overlayfs, under /run/containers/<id>.
 
 use nix::mount::{mount, MsFlags};
 use std::collections::HashMap;
@@ -8,6 +8,10 @@ use tonic::Status;
 use vessel_proto::agent::CreateContainerRequest;
 
 const CONTAINERS_DIR: &str = "/run/containers";
+/// The directory of an image disk (a snapshot) holding the image's tree; the filesystem
+/// root beside it holds `lost+found`, which is no file of the image
+/// (`vessel_image::NESTED_ROOT`).
+const IMAGE_TREE: &str = "rootfs";
 
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -47,6 +51,14 @@ impl Containers {
         let image = dir.join("image");
         let rootfs = dir.join("rootfs");
         mount_ext4(&request.image_device, &image, true)?;
+        let lower = image.join(IMAGE_TREE);
+        if !lower.is_dir() {
+            let _ = nix::mount::umount(&image);
+            return Err(Status::failed_precondition(format!(
+                "image disk {} has no /{IMAGE_TREE} directory (a snapshot of an older vessel?)",
+                request.image_device
+            )));
+        }
         let read_only = request.writable_device.is_empty();
         // A read-only container still gets a small scratch upper layer, so its /proc, /sys
         // and /dev mount points can be made; its first process then makes the whole root
@@ -68,7 +80,7 @@ impl Containers {
         }
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
-            image.display(),
+            lower.display(),
             upper.display(),
             work.display()
         );

@@ -152,6 +152,18 @@ impl Tree {
         check_name(name)
     }
 
+    /// Moves the whole tree one level down: the root's entries and metadata (and tag) go
+    /// to a new directory `name`, which becomes the only entry of a root with `root_meta`.
+    /// Returns the new directory's id.
+    pub fn nest_root(&mut self, name: &[u8], root_meta: Metadata) -> Result<NodeId> {
+        check_name(name)?;
+        let root = Node { meta: root_meta, kind: NodeKind::Dir(BTreeMap::new()), tag: 0 };
+        let old = std::mem::replace(&mut self.nodes[Tree::ROOT as usize], root);
+        let dir = self.add(old);
+        self.insert(Tree::ROOT, name, dir)?;
+        Ok(dir)
+    }
+
     /// Removes the entries of `dir` for which `keep` returns false.
     pub fn retain(&mut self, dir: NodeId, mut keep: impl FnMut(&[u8], NodeId) -> bool) {
         if let NodeKind::Dir(m) = &mut self.nodes[dir as usize].kind {
@@ -174,4 +186,34 @@ pub fn check_name(name: &[u8]) -> Result<()> {
         return Ok(());
     };
     Err(Ext4Error::InvalidName { name: String::from_utf8_lossy(name).into_owned(), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> NodeKind {
+        NodeKind::Dir(BTreeMap::new())
+    }
+
+    #[test]
+    fn nesting_moves_entries_and_metadata_under_one_directory() {
+        let image_root = Metadata { mode: 0o555, uid: 7, gid: 8, ..Default::default() };
+        let mut tree = Tree::new(image_root.clone());
+        tree.get_mut(Tree::ROOT).tag = 3;
+        let etc = tree.add(Node { meta: Metadata::default(), kind: dir(), tag: 1 });
+        tree.insert(Tree::ROOT, b"etc", etc).unwrap();
+        let file = tree.add(Node { meta: Metadata::default(), kind: NodeKind::Fifo, tag: 1 });
+        tree.insert(etc, b"pipe", file).unwrap();
+
+        let fresh = Metadata { mode: 0o755, ..Default::default() };
+        let nested = tree.nest_root(b"rootfs", fresh.clone()).unwrap();
+        let root: Vec<_> = tree.children(Tree::ROOT).collect();
+        assert_eq!(root, [(&b"rootfs"[..], nested)]);
+        assert_eq!((&tree.get(Tree::ROOT).meta, tree.get(Tree::ROOT).tag), (&fresh, 0));
+        assert_eq!((&tree.get(nested).meta, tree.get(nested).tag), (&image_root, 3));
+        assert_eq!(tree.lookup(nested, b"etc"), Some(etc));
+        assert_eq!(tree.lookup(etc, b"pipe"), Some(file));
+        assert!(tree.nest_root(b"a/b", fresh).is_err());
+    }
 }

@@ -10,7 +10,7 @@ use crate::alloc::Alloc;
 use crate::extent::{push_block, Extent};
 use crate::group::{gdt_blocks, BLOCKS_PER_GROUP};
 use crate::inode::INODE_SIZE;
-use crate::tree::{FileData, Metadata, Timestamp, Tree};
+use crate::tree::{FileData, Metadata, NodeId, Timestamp, Tree};
 use crate::{io_err, Ext4Error, Result, BLOCK_SIZE};
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -161,8 +161,7 @@ impl Builder {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0)
         });
-        let t = Timestamp { secs: now, nsec: 0 };
-        let root = Metadata { mode: 0o755, mtime: t, atime: t, ..Default::default() };
+        let root = root_metadata(now);
         Ok(Builder {
             out: Out { file, buf: Vec::with_capacity(WRITE_BUFFER + BS), start: 0 },
             tree: Tree::new(root),
@@ -180,6 +179,14 @@ impl Builder {
 
     pub fn tree_mut(&mut self) -> &mut Tree {
         &mut self.tree
+    }
+
+    /// Moves everything added so far into the directory `name` of the filesystem root,
+    /// which takes the root's metadata; the root becomes a directory like a new builder's
+    /// (0755, owned by root, the build's time) holding `name` and, once finished,
+    /// `lost+found`.
+    pub fn nest_root(&mut self, name: &[u8]) -> Result<NodeId> {
+        self.tree.nest_root(name, root_metadata(self.now))
     }
 
     /// Bytes of the image used so far by file data (a progress hint).
@@ -236,6 +243,12 @@ impl Builder {
     pub fn finish(self) -> Result<Summary> {
         crate::finish::run(self)
     }
+}
+
+/// A filesystem root made by the writer rather than taken from the content.
+fn root_metadata(now: i64) -> Metadata {
+    let t = Timestamp { secs: now, nsec: 0 };
+    Metadata { mode: 0o755, mtime: t, atime: t, ..Default::default() }
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -10,4 +10,4 @@ pub mod rootfs;
 pub mod snapshot;
 
 pub use layer::LayerError;
-pub use rootfs::{create_empty, create_rootfs, Progress, RootfsError, RootfsOptions};
+pub use rootfs::{create_empty, create_rootfs, Progress, RootfsError, RootfsOptions, NESTED_ROOT};

@@ -13,6 +13,10 @@ use vessel_ext4::{BuildOptions, Builder, Ext4Error, Summary};
 
 use crate::layer::{self, LayerError};
 
+/// The directory of the filesystem root that holds the image's tree when
+/// [`RootfsOptions::nested`] is set.
+pub const NESTED_ROOT: &str = "rootfs";
+
 #[derive(Debug, Clone, Default)]
 pub struct RootfsOptions {
     /// Image size in bytes; `None` sizes it from the content, with headroom.
@@ -21,6 +25,11 @@ pub struct RootfsOptions {
     pub uuid: Option<[u8; 16]>,
     /// Superblock timestamps; now when `None`.
     pub timestamp: Option<i64>,
+    /// Write the image's tree into the directory [`NESTED_ROOT`] of the filesystem, which
+    /// takes the image root's metadata (mode, owner, times, xattrs), rather than into the
+    /// filesystem root. The `lost+found` every ext4 root has (e2fsck wants it) is then
+    /// beside the image, not in it. Snapshots are written so; `vessel rootfs create` not.
+    pub nested: bool,
 }
 
 /// Progress reports, for a progress bar.
@@ -187,6 +196,9 @@ pub fn create_rootfs(
             })
         };
         layer::apply_layer(&mut b, &mut r, &name, index as u32 + 1, &mut report)?;
+    }
+    if opts.nested {
+        b.nest_root(NESTED_ROOT.as_bytes())?;
     }
     progress(Progress::Finishing);
     let summary = b.finish()?;

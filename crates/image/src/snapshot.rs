@@ -1,6 +1,12 @@
 //! Image → ext4 snapshot: an image's layers are written once into an ext4 file shared by
 //! every container of that image, keyed by the layers' chain id so that images with the
-//! same layers share it: `<root>/snapshots/<chain id>/rootfs.ext4`.
+//! same layers share it: `<root>/snapshots/<chain id>/image.ext4`.
+//!
+//! The image's tree is the directory `/rootfs` of the snapshot's filesystem (see
+//! [`RootfsOptions::nested`]), so the filesystem's own `lost+found` is no file of the
+//! image; vessel-init uses that directory as the container's lower layer. Snapshots of the
+//! older layout, the tree at the filesystem root, were named `rootfs.ext4`: they are never
+//! used, and `gc` removes them.
 //!
 //! Creation takes `<key>.lock` so two processes never write the same snapshot twice, and
 //! the writer renames the finished file into place, so a killed run leaves nothing.
@@ -13,7 +19,9 @@ use std::path::{Path, PathBuf};
 use vessel_oci::image::{Image, ImageError};
 use vessel_oci::Store;
 
-pub const SNAPSHOT_FILE: &str = "rootfs.ext4";
+/// The snapshot's file in its key's directory. A new layout gets a new name, so that a
+/// snapshot is never read by a vessel-init expecting another layout.
+pub const SNAPSHOT_FILE: &str = "image.ext4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -153,27 +161,36 @@ impl Snapshots {
                 .into());
             }
         }
-        if let Err(source) =
-            rootfs::create_rootfs(&path, &blobs, &RootfsOptions::default(), progress)
-        {
+        let options = RootfsOptions { nested: true, ..Default::default() };
+        if let Err(source) = rootfs::create_rootfs(&path, &blobs, &options, progress) {
             let _ = fs::remove_dir(&dir);
             return Err(SnapshotError::Rootfs { image: image.entry.name.familiar(), source });
         }
+        remove_stale(&dir);
         Ok((path, true))
     }
 
-    /// Removes snapshots no image in `store` needs (skipping any being written).
-    /// Returns how many were removed.
+    /// Removes snapshots no image in `store` needs, and those of an older layout beside
+    /// (or instead of) one still needed, skipping any being written. Returns how many
+    /// directories or old-layout snapshots were removed.
     pub fn gc(&self, store: &Store) -> Result<usize, SnapshotError> {
         let needed: BTreeSet<String> = store.images()?.iter().map(Snapshots::key).collect();
         let Ok(read) = fs::read_dir(&self.dir) else { return Ok(0) };
         let mut removed = 0;
         for entry in read.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.path().is_dir() || needed.contains(&name) {
+            if !entry.path().is_dir() {
                 continue;
             }
             let Some(_lock) = self.lock(&name, false)? else { continue };
+            if needed.contains(&name) {
+                if remove_stale(&entry.path()) > 0 {
+                    removed += 1;
+                }
+                // Left empty (it held only an old-layout snapshot): the next use writes one.
+                let _ = fs::remove_dir(entry.path());
+                continue;
+            }
             if fs::remove_dir_all(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -181,6 +198,27 @@ impl Snapshots {
         }
         Ok(removed)
     }
+}
+
+/// Removes what a snapshot's directory holds besides [`SNAPSHOT_FILE`]: a snapshot of an
+/// older layout, or what a killed writer left. The caller holds the key's lock. Returns
+/// how many entries were removed.
+fn remove_stale(dir: &Path) -> usize {
+    let Ok(read) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in read.flatten() {
+        if entry.file_name() == SNAPSHOT_FILE {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed += usize::from(gone.is_ok());
+    }
+    removed
 }
 
 /// The library call the container runtime uses: the image `query` names (a reference or
@@ -202,10 +240,8 @@ pub fn prepare(root: &Path, query: &str) -> Result<Prepared, SnapshotError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn prepare_writes_the_snapshot_once_and_gc_removes_it() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path().join("images")).unwrap();
+    /// Imports an image of one layer holding `/etc/hostname` as `name`.
+    fn import(store: &Store, name: &str) -> (vessel_oci::Reference, vessel_oci::Digest) {
         let mut tar = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_ustar();
         header.set_size(3);
@@ -215,12 +251,30 @@ mod tests {
         header.set_mtime(0);
         header.set_cksum();
         tar.append_data(&mut header, "etc/hostname", &b"hi\n"[..]).unwrap();
-        let name: vessel_oci::Reference = "localhost/p:1".parse().unwrap();
-        let id = vessel_oci::archive::import(&store, tar.into_inner().unwrap().as_slice(), &name)
+        let name: vessel_oci::Reference = name.parse().unwrap();
+        let id = vessel_oci::archive::import(store, tar.into_inner().unwrap().as_slice(), &name)
             .unwrap();
+        (name, id)
+    }
+
+    #[test]
+    fn prepare_writes_the_snapshot_once_and_gc_removes_it() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("images")).unwrap();
+        let (name, id) = import(&store, "localhost/p:1");
         let prepared = prepare(root.path(), "localhost/p:1").unwrap();
         assert_eq!(prepared.id, id);
         assert!(prepared.snapshot.is_file());
+        assert_eq!(prepared.snapshot.file_name().unwrap(), SNAPSHOT_FILE);
+        // The image's tree is one level down, beside the filesystem's lost+found.
+        let reader = vessel_ext4::reader::Reader::open(&prepared.snapshot).unwrap();
+        let paths: Vec<String> = reader
+            .walk()
+            .unwrap()
+            .into_iter()
+            .map(|(path, _)| String::from_utf8(path).unwrap())
+            .collect();
+        assert_eq!(paths, ["lost+found", "rootfs", "rootfs/etc", "rootfs/etc/hostname"]);
         let again = prepare(root.path(), &id.to_string()).unwrap();
         assert_eq!(again.snapshot, prepared.snapshot);
         assert!(matches!(
@@ -230,6 +284,33 @@ mod tests {
         store.remove(&name).unwrap();
         assert_eq!(Snapshots::new(root.path()).gc(&store).unwrap(), 1);
         assert!(!prepared.snapshot.exists());
+    }
+
+    /// A snapshot of the older layout (`rootfs.ext4`, the image at the filesystem root) is
+    /// never used: the image gets a new one, and the old file goes.
+    #[test]
+    fn snapshots_of_the_old_layout_are_replaced_and_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path().join("images")).unwrap();
+        let snapshots = Snapshots::new(root.path());
+        let (_, id) = import(&store, "localhost/old:1");
+        let image = store.find(&id.to_string()).unwrap();
+        let dir = snapshots.path(&image).parent().unwrap().to_path_buf();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("rootfs.ext4"), b"old layout").unwrap();
+        let (path, written) = snapshots.ensure(&store, &image, &mut |_| {}).unwrap();
+        assert!(written && path.is_file());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "the old snapshot is left");
+
+        // Left by an older vessel, needed by an image whose new snapshot is not written yet.
+        fs::remove_file(&path).unwrap();
+        fs::write(dir.join("rootfs.ext4"), b"old layout").unwrap();
+        assert_eq!(snapshots.gc(&store).unwrap(), 1);
+        assert!(!dir.exists());
+        // Nothing else to remove: a snapshot in use stays.
+        let (path, _) = snapshots.ensure(&store, &image, &mut |_| {}).unwrap();
+        assert_eq!(snapshots.gc(&store).unwrap(), 0);
+        assert!(path.is_file());
     }
 
     #[test]

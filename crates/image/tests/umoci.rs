@@ -199,6 +199,53 @@ fn fixed_size_image() {
     check_sized(l.clone(), l, Some(300 << 20));
 }
 
+/// Snapshots keep the image one level down: the filesystem root holds only its own empty
+/// `lost+found` and `rootfs`, which carries the image root's metadata and exactly what umoci
+/// extracts, an image's own `lost+found` included; e2fsck finds nothing to fix.
+#[test]
+fn nested_layout_for_snapshots() {
+    use std::os::unix::fs::MetadataExt;
+    common::require_root();
+    let mut base = base_layer();
+    assert_eq!(base[0].path, ".");
+    base[0] = E::dir(".").mode(0o750).owner(1, 2).mtime(1_600_000_000, 7).xattr("user.root", b"r");
+    base.push(E::dir("lost+found").mode(0o755));
+    base.push(E::file("lost+found/kept", b"a file of the image"));
+    let layers = vec![
+        (tar(&base, Flavour::Pax), TAR),
+        (common::gzip(&tar(&second_layer(), Flavour::Pax)), GZIP),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (i, (data, _)) in layers.iter().enumerate() {
+        let p = work.path().join(format!("layer{i}"));
+        std::fs::write(&p, data).unwrap();
+        files.push(p);
+    }
+    let image = work.path().join("image.ext4");
+    let opts = RootfsOptions { nested: true, ..Default::default() };
+    create_rootfs(&image, &files, &opts, &mut |_| {}).unwrap();
+    common::e2fsck(&image);
+
+    let mount = common::Mount::ro(&image);
+    let mut top: Vec<String> = std::fs::read_dir(mount.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["lost+found", "rootfs"]);
+    assert_eq!(std::fs::read_dir(mount.path().join("lost+found")).unwrap().count(), 0);
+    let tree = mount.path().join("rootfs");
+    let root = std::fs::symlink_metadata(&tree).unwrap();
+    assert_eq!((root.mode() & 0o7777, root.uid(), root.gid()), (0o750, 1, 2));
+    assert_eq!((root.mtime(), root.mtime_nsec()), (1_600_000_000, 7));
+    assert_eq!(common::walk::xattrs(&tree).get("user.root").map(Vec::as_slice), Some(&b"r"[..]));
+
+    let want = snapshot(&common::umoci_unpack(work.path(), &layers), &[]);
+    assert!(want.entries.contains_key("lost+found/kept") && want.entries.len() > 3000);
+    assert_same(&want, &snapshot(&tree, &[]));
+}
+
 /// GNU tar's sparse entries (type 'S'), as `tar --sparse` writes them.
 #[test]
 fn gnu_sparse_files() {

@@ -1,5 +1,6 @@
 //! The guest kernel mounts the ext4 images our writer makes: a root filesystem built from a
-//! layer (read-only) and an empty journaled disk (read-write), each listed by the agent.
+//! layer (read-only) and an empty journaled disk (read-write), each listed by the agent;
+//! the root filesystem, laid out as `vessel rootfs create` writes it, is no container image.
 //! Boots a real VM; fails, never skips, when the kernel or QEMU is missing.
 
 mod common;
@@ -96,6 +97,12 @@ async fn guest_mounts_and_lists_images_from_our_writer() {
 
     let writable_root = agent.read_dir("/mnt/writable").await.unwrap();
     assert!(writable_root.iter().any(|e| e.name == "lost+found"), "{writable_root:?}");
+
+    // A container's image disk is a snapshot, the image's tree in /rootfs: a disk with the
+    // tree at its root (as `vessel rootfs create` writes, and snapshots of older vessels)
+    // is refused rather than shown with the filesystem's lost+found.
+    let err = agent.create_container(common::container("flat", false)).await.unwrap_err();
+    assert!(err.to_string().contains("has no /rootfs directory"), "{err}");
 
     let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
     assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);

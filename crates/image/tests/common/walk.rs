@@ -29,7 +29,7 @@ pub struct Tree {
     pub hardlinks: BTreeSet<Vec<String>>,
 }
 
-fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
+pub fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 65536];
     let n = rustix::fs::llistxattr(p, &mut names).unwrap_or(0);

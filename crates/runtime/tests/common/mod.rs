@@ -79,7 +79,8 @@ pub fn busybox_layer(path: &Path) {
     tar.finish().unwrap();
 }
 
-/// A VM booted with the busybox image (/dev/vda) and an empty writable disk (/dev/vdb).
+/// A VM booted with the busybox image's snapshot (/dev/vda) and an empty writable disk
+/// (/dev/vdb).
 pub struct Booted {
     /// Holds the images and the state root; removed on drop.
     pub state: tempfile::TempDir,
@@ -93,7 +94,9 @@ pub async fn boot(name: &str) -> Booted {
     let layer = state.path().join("busybox.tar");
     busybox_layer(&layer);
     let (rootfs, writable) = (state.path().join("rootfs.img"), state.path().join("writable.img"));
-    create_rootfs(&rootfs, &[layer], &RootfsOptions::default(), &mut |_| {}).unwrap();
+    // Laid out as a snapshot, which is what the agent takes as an image disk.
+    let options = RootfsOptions { nested: true, ..Default::default() };
+    create_rootfs(&rootfs, &[layer], &options, &mut |_| {}).unwrap();
     create_empty(&writable, 64 << 20, &RootfsOptions::default()).unwrap();
 
     let host = Host::new(Some(state.path().join("root")));
