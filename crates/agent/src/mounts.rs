@@ -40,7 +40,9 @@ const KERNEL_MOUNTS: &[KernelMount] = &[
         fstype: "devpts",
         path: "/dev/pts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
-        data: Some("newinstance,ptmxmode=0666,mode=0620"),
+        // Containers bind-mount this instance as their /dev/pts (a process's terminal must
+        // be found there): docker's modes, terminals owned by group tty (5).
+        data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     },
     KernelMount {
         fstype: "tmpfs",

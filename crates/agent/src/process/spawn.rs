@@ -270,6 +270,9 @@ fn join_cgroup(procs: &CString) -> Result<(), Errno> {
     nix::unistd::write(&fd, b"0").map(drop)
 }
 
+/// The guest's devpts (see `crate::mounts`), where the agent opens terminals.
+const GUEST_PTS: &str = "/dev/pts";
+
 /// /proc, /sys and a minimal /dev inside the container's root, as docker provides them.
 fn container_mounts(rootfs: &Path) -> Result<(), Errno> {
     let none = None::<&str>;
@@ -290,18 +293,20 @@ fn container_mounts(rootfs: &Path) -> Result<(), Errno> {
             MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
             Some("mode=755,size=65536k"),
         ),
-        (
-            "devpts",
-            "dev/pts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ),
         ("tmpfs", "dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k")),
     ] {
         let target = at(path);
         dir(&target)?;
         mount(Some(fstype), &target, Some(fstype), flags, data)?;
     }
+    // The agent opens every process's terminal in the guest's devpts, so the container gets
+    // that one rather than a new instance, or ttyname() could not find the terminal in its
+    // /dev/pts. One VM serves one container: it holds no other container's terminals.
+    let pts = at("dev/pts");
+    dir(&pts)?;
+    mount(Some(GUEST_PTS), &pts, none, MsFlags::MS_BIND, none)?;
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount(none, &pts, none, flags, none)?;
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),

@@ -60,9 +60,10 @@ pub fn busybox_layer(path: &Path) {
     let mut header = entry(tar::EntryType::Regular, "bin/busybox", 0o755, busybox.len());
     header.set_cksum();
     tar.append(&header, &busybox[..]).unwrap();
-    for applet in
-        ["sh", "cat", "echo", "hostname", "id", "pwd", "sleep", "seq", "wc", "ls", "grep", "stat"]
-    {
+    for applet in [
+        "sh", "cat", "echo", "hostname", "id", "pwd", "sleep", "seq", "wc", "ls", "grep", "stat",
+        "tty",
+    ] {
         let mut header = entry(tar::EntryType::Symlink, &format!("bin/{applet}"), 0o777, 0);
         header.set_link_name("busybox").unwrap();
         header.set_cksum();
