@@ -31,7 +31,19 @@ pub struct Context {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 125 like vessel's other failures (as docker's do); help and
+    // version go to stdout and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_VESSEL_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = if cli.debug {
         "warn,vessel=debug,vessel_runtime=debug,vessel_vm=debug"
     } else if cli.command.is_supervisor() {

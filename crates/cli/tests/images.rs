@@ -563,9 +563,9 @@ fn debian_image_pulls_into_a_clean_snapshot() {
     let snapshot = PathBuf::from(image["Snapshot"]["Path"].as_str().unwrap());
     e2fsck(&snapshot);
     let version =
-        sh(Command::new("debugfs").arg("-R").arg("cat /etc/debian_version").arg(&snapshot));
+        sh(Command::new("debugfs").arg("-R").arg("cat /rootfs/etc/debian_version").arg(&snapshot));
     assert!(version.trim().starts_with("12."), "{version}");
-    let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /usr/bin").arg(&snapshot));
+    let ls = sh(Command::new("debugfs").arg("-R").arg("ls -l /rootfs/usr/bin").arg(&snapshot));
     assert!(ls.contains("apt-get") && ls.contains("bash"), "{ls}");
     // Round trip through save and load keeps the same image and snapshot key.
     let dir = tempfile::tempdir().unwrap();

@@ -204,7 +204,7 @@ fn containers_of_one_image_share_its_snapshot() {
         .filter(|e| e.path().is_dir())
         .count();
     assert_eq!(snapshots, 1);
-    let vms = processes_mentioning("rootfs.ext4");
+    let vms = processes_mentioning("image.ext4");
     let ours: Vec<_> =
         vms.iter().filter(|p| p.contains(&root.path().display().to_string())).collect();
     assert_eq!(ours.len(), 2, "{vms:#?}");
@@ -308,5 +308,34 @@ fn signals_reach_a_foreground_container() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "got INT\n");
     assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert_nothing_running(&root);
+}
+
+/// `--ulimit`, `--cap-drop`/`--cap-add` and `--security-opt no-new-privileges` reach the
+/// container's processes, execs included.
+#[test]
+fn limits_and_privileges_apply_to_every_process() {
+    let root = busybox_root();
+    let flags = [
+        "--ulimit",
+        "nofile=100:200",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_ADMIN",
+        "--security-opt",
+        "no-new-privileges",
+    ];
+    let mut args = vec!["run", "-d", "--name", "locked"];
+    args.extend(flags);
+    args.extend([IMAGE, "sleep", "1000"]);
+    root.ok(&args);
+    let script = "ulimit -n; ulimit -Hn; grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status";
+    let expected =
+        "100\n200\nCapEff:\t0000000000001000\nCapBnd:\t0000000000001000\nNoNewPrivs:\t1\n";
+    assert_eq!(root.ok(&["exec", "locked", "sh", "-c", script]), expected);
+    root.ok(&["rm", "-f", "locked"]);
+    let output = root.run(&["run", "--rm", "--ulimit", "nofile=9:1", IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125), "a soft limit above the hard one is refused");
     assert_nothing_running(&root);
 }

@@ -53,6 +53,22 @@ impl TestRoot {
     }
 }
 
+/// A test that fails midway may leave detached containers running: their supervisors (and
+/// with them their VMs) go with the test's root.
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        let root = self.path().display().to_string();
+        for process in processes_mentioning(&root) {
+            if let Some(pid) = process.split(':').next().and_then(|pid| pid.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// Processes whose command line mentions `needle` (our VMs name their state root in theirs).
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
