@@ -136,7 +136,9 @@ impl Sandbox {
     /// Asks the agent to power off, waits, and kills the VM if it does not end in time.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<Stopped, RuntimeError> {
         if let Err(err) = self.agent.shutdown().await {
-            tracing::warn!(error = %err, "agent shutdown failed; killing the VM");
+            // The agent powers off moments after it replies, so the reply can be lost; the
+            // VM's end (or the timeout below) is what counts.
+            tracing::debug!(error = %err, "no reply to Shutdown; waiting for the VM to end");
         }
         let exit = match self.vm.wait(timeout).await? {
             Some(exit) => exit,

@@ -13,12 +13,14 @@ pub const READY_LINE: &str = "ready";
 /// Starts the supervisor of `container` (the `vessel` binary at `program`) and returns once
 /// its control socket accepts clients. The supervisor puts itself in a session of its own,
 /// so the caller's terminal and signals never reach it; its logs go to the container's
-/// `supervisor.log`. The caller may wait for the child or just leave it.
+/// `supervisor.log` (with `debug`, the guest's console too). The caller may wait for the
+/// child or just leave it.
 pub fn launch(
     program: &Path,
     host: &Host,
     container: &Container,
     wait_for_attach: bool,
+    debug: bool,
 ) -> Result<Child, SupervisorError> {
     let log_path = container.supervisor_log();
     let log =
@@ -26,6 +28,10 @@ pub fn launch(
             |source| SupervisorError::Io { action: "open", path: log_path.clone(), source },
         )?;
     let mut command = Command::new(program);
+    if debug {
+        // Its debug log, with the guest's console, goes to supervisor.log.
+        command.arg("--debug");
+    }
     command
         .arg("--root")
         .arg(&host.root)

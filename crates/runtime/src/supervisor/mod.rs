@@ -349,6 +349,7 @@ async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeErro
     options.memory_mib = config.memory_mib.max(64).saturating_add(VM_MEMORY_OVERHEAD_MIB);
     options.disks = disks;
     options.accel = config.accel.parse().unwrap_or_default();
+    options.echo_console = tracing::enabled!(tracing::Level::DEBUG);
     let mut sandbox = Sandbox::start(host, options).await?;
     let request = CreateContainerRequest {
         container_id: container.short_id().to_string(),

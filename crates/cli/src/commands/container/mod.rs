@@ -166,7 +166,13 @@ fn launch(
     wait_for_attach: bool,
 ) -> anyhow::Result<std::process::Child> {
     let program = std::env::current_exe()?;
-    Ok(vessel_runtime::supervisor::launch(&program, &context.host, container, wait_for_attach)?)
+    Ok(vessel_runtime::supervisor::launch(
+        &program,
+        &context.host,
+        container,
+        wait_for_attach,
+        context.debug,
+    )?)
 }
 
 /// Attaches our stdio to a process of a running container (its main process, or one
