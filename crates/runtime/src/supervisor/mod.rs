@@ -210,8 +210,10 @@ pub async fn run(
         Ok(exit) => (exit, None),
         Err(failure) => failure,
     };
-    // Power off (the guest flushes its disks), then record the end.
+    // Power off (the guest flushes its disks), then record the end. A `--rm` container's
+    // disk is about to go, so its VM is simply ended: that is on `run --rm`'s critical path.
     let vm_exit = match shared.sandbox.lock().await.take() {
+        Some(sandbox) if container.config.auto_remove => sandbox.kill().await.map(|s| s.exit),
         Some(sandbox) => sandbox.shutdown(SHUTDOWN_TIMEOUT).await.map(|stopped| stopped.exit),
         None => Ok(vessel_vm::VmExit::GuestExit),
     };
