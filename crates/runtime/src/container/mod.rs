@@ -90,8 +90,6 @@ pub struct ContainerState {
     /// The supervisor of a running container, with its start time (in clock ticks after
     /// boot, from /proc) so that a recycled pid is never mistaken for it.
     pub supervisor: Option<ProcessRef>,
-    /// The VMM's pid, for `inspect`.
-    pub vm_pid: Option<u32>,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     /// The main process's exit code (128 + signal when killed by one).

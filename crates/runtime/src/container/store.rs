@@ -140,7 +140,6 @@ impl ContainerStore {
             container.state = ContainerState {
                 status: Status::Exited,
                 supervisor: None,
-                vm_pid: None,
                 finished_at: Some(crate::time::now_nanos()),
                 exit_code: Some(EXIT_LOST),
                 error: Some(format!(

@@ -223,7 +223,6 @@ pub async fn run(
     }
     container.state.status = Status::Exited;
     container.state.supervisor = None;
-    container.state.vm_pid = None;
     container.state.finished_at = Some(crate::time::now_nanos());
     container.state.exit_code = Some(exit.code);
     container.state.error = error;
@@ -232,8 +231,11 @@ pub async fn run(
     shared.broadcast(Outgoing::Event(Event::Exited { code: exit.code, signal: exit.signal })).await;
     shared.attached.lock().expect("not poisoned").clear();
     stop_on_signal.abort();
-    // Give replies (stop, wait) a moment to leave before the socket goes.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Let the connections waiting for the end (stop, wait) write their replies: they are
+    // woken now and need only a turn each.
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
     server.abort();
     if container.config.auto_remove {
         store.remove(&container)?;
@@ -289,7 +291,8 @@ async fn run_main(
         Ok(process) => process,
         Err(err) => {
             *shared.sandbox.lock().await = Some(sandbox);
-            return Err(start_failure(&err)).map_err(|(code, message)| fail(code, message));
+            let (code, message) = start_failure(&err);
+            return Err(fail(code, message));
         }
     };
     let mut agent = sandbox.agent().clone();
