@@ -88,6 +88,7 @@ impl Containers {
             .map_err(|errno| {
                 Status::internal(format!("cannot mount the container's overlay: {errno}"))
             })?;
+        crate::volumes::mount_all(&rootfs, &dir.join("mounts"), &request.mounts)?;
         let cgroup = create_cgroup(id, request.memory_limit_bytes, request.cpu_millis)?;
         let hostname =
             if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };

@@ -16,6 +16,7 @@ mod reaper;
 mod server;
 mod stats;
 mod users;
+mod volumes;
 mod vsock;
 
 use std::time::Duration;

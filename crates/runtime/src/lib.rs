@@ -13,6 +13,7 @@ pub mod selftest;
 pub mod supervisor;
 pub mod time;
 pub mod transfer;
+pub mod volume;
 
 pub use host::Host;
 
@@ -43,6 +44,8 @@ pub enum RuntimeError {
     Snapshot(#[from] vessel_image::snapshot::SnapshotError),
     #[error("cannot create the container's writable disk")]
     WritableDisk(#[from] vessel_image::RootfsError),
+    #[error("{0}")]
+    Mount(String),
 }
 
 fn boot_log_excerpt(log: &str) -> String {

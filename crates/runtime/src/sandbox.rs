@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use vessel_proto::ports;
 use vessel_vm::qemu::{QemuBackend, QemuVm};
-use vessel_vm::{Accel, Backend, Disk, Vm, VmConfig, VmExit};
+use vessel_vm::{Accel, Backend, Disk, Share, Vm, VmConfig, VmExit};
 
 /// How long a guest may take from VM start to a serving agent. Generous: under TCG on a
 /// loaded 2-core host a boot can take several times its usual 0.5 s.
@@ -21,6 +21,9 @@ pub struct SandboxOptions {
     pub cpus: u32,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
+    /// Host directories the guest can mount over virtio-fs (`fstype` "virtiofs", the tag as
+    /// source).
+    pub shares: Vec<Share>,
     pub accel: Accel,
     /// Copy the guest console to stderr while the sandbox runs (`--debug`).
     pub echo_console: bool,
@@ -33,6 +36,7 @@ impl SandboxOptions {
             cpus: 1,
             memory_mib: 256,
             disks: Vec::new(),
+            shares: Vec::new(),
             accel: Accel::Auto,
             echo_console: false,
         }
@@ -53,7 +57,7 @@ impl Sandbox {
     /// Boots a VM and returns once its agent serves.
     pub async fn start(host: &Host, options: SandboxOptions) -> Result<Sandbox, RuntimeError> {
         host.ensure_dirs()?;
-        let backend = QemuBackend::discover(host.tsc_cache())?;
+        let backend = QemuBackend::discover(host.tsc_cache(), &host.cache)?;
         let kernel = host.kernel()?;
         let init = host.init()?;
         reap_abandoned_vm_dirs(host);
@@ -90,6 +94,7 @@ impl Sandbox {
             cpus: options.cpus,
             memory_mib: options.memory_mib,
             disks: options.disks,
+            shares: options.shares,
             run_dir,
             accel: options.accel,
             echo_console: options.echo_console,

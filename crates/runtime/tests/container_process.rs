@@ -34,6 +34,7 @@ async fn processes_run_in_the_container_with_their_stdio() {
             hostname: "boxhost".into(),
             memory_limit_bytes: 100 << 20,
             cpu_millis: 500,
+            mounts: Vec::new(),
         })
         .await
         .unwrap();

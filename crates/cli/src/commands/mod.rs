@@ -5,6 +5,7 @@ pub mod image;
 pub mod registry;
 mod rootfs;
 mod system;
+mod volume;
 
 use crate::Context;
 use clap::Subcommand;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Create, run, list, stop and remove containers
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// Create, list and remove named volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     #[command(flatten)]
     Shortcut(container::Shortcut),
 }
@@ -59,6 +63,7 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::System(command) => system::run(command, context),
         Command::Container(command) => container::run(command, context),
         Command::Shortcut(shortcut) => container::run(shortcut.into(), context),
+        Command::Volume(command) => volume::run(command, context),
         Command::Rootfs(RootfsCommand::Create(args)) => {
             rootfs::create(args)?;
             Ok(ExitCode::SUCCESS)

@@ -38,6 +38,8 @@ pub struct CreateOptions {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub no_new_privileges: bool,
+    /// `-v`, `--mount`, `--tmpfs`.
+    pub mounts: Vec<super::mounts::MountRequest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum CreateError {
     StopSignal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Mount(#[from] super::mounts::MountError),
 }
 
 /// Records a new container (state `created`): nothing runs until it is started.
@@ -69,6 +73,7 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
     if crate::supervisor::parse_signal(&stop_signal).is_none() {
         return Err(CreateError::StopSignal(stop_signal));
     }
+    let mounts = super::mounts::resolve(&host.root, options.mounts)?;
     let id = super::new_id();
     let mut labels: BTreeMap<String, String> =
         config.labels().clone().unwrap_or_default().into_iter().collect();
@@ -98,8 +103,24 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         ulimits: options.ulimits,
         capabilities: capabilities(&options.cap_add, &options.cap_drop),
         no_new_privileges: options.no_new_privileges,
+        mounts,
     };
-    Ok(ContainerStore::new(&host.root).create(config)?)
+    let anonymous: Vec<String> = config
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.source {
+            super::MountSource::Volume { name, anonymous: true } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    ContainerStore::new(&host.root).create(config).map_err(|err| {
+        // Made for this container only.
+        let volumes = crate::volume::VolumeStore::new(&host.root);
+        for name in &anonymous {
+            let _ = volumes.remove(name);
+        }
+        CreateError::Store(err)
+    })
 }
 
 /// The capabilities `--cap-add` and `--cap-drop` leave of docker's default set (None: the

@@ -8,6 +8,7 @@
 
 pub mod create;
 pub mod logfile;
+pub mod mounts;
 mod names;
 mod store;
 
@@ -61,6 +62,39 @@ pub struct ContainerConfig {
     /// `--security-opt no-new-privileges`.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// Volumes, bind mounts and tmpfs (`-v`, `--mount`, `--tmpfs`).
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// Something mounted in the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountSpec {
+    #[serde(flatten)]
+    pub source: MountSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountSource {
+    /// A named volume (`anonymous`: made for this container, by `-v /path`).
+    Volume { name: String, anonymous: bool },
+    /// A host directory, shared with the VM over virtio-fs.
+    Bind { path: PathBuf },
+    /// Memory, with tmpfs options (`size=64m,mode=1777`).
+    Tmpfs { options: String },
+}
+
+impl MountSpec {
+    pub fn volume_name(&self) -> Option<&str> {
+        match &self.source {
+            MountSource::Volume { name, .. } => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// docker's container states, as `ps` and `inspect` show them.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Mutex};
-use vessel_proto::agent::CreateContainerRequest;
+use vessel_proto::agent::{ContainerMount, CreateContainerRequest};
 
 /// Size of a container's writable disk: sparse, so only what is written takes space.
 pub const WRITABLE_DISK_SIZE: u64 = 8 << 30;
@@ -84,6 +84,8 @@ struct Shared {
     stdin: Mutex<Option<tokio::io::DuplexStream>>,
     /// Its reading end, until the main process takes it.
     main_stdin: Mutex<Option<tokio::io::DuplexStream>>,
+    /// The container's volumes, locked while it runs.
+    volume_locks: std::sync::Mutex<Vec<std::fs::File>>,
     /// The main process's terminal size, as the last attached client asked for it.
     terminal_size: std::sync::Mutex<(u16, u16)>,
     next_exec: std::sync::atomic::AtomicU32,
@@ -196,6 +198,7 @@ pub async fn run(
         attach_count: watch::channel(0).0,
         stdin: Mutex::new(stdin_writer),
         main_stdin: Mutex::new(stdin_reader),
+        volume_locks: Default::default(),
         terminal_size: std::sync::Mutex::new((24, 80)),
         next_exec: Default::default(),
     });
@@ -211,9 +214,12 @@ pub async fn run(
         Err(failure) => failure,
     };
     // Power off (the guest flushes its disks), then record the end. A `--rm` container's
-    // disk is about to go, so its VM is simply ended: that is on `run --rm`'s critical path.
+    // disk is about to go, so its VM is simply ended (that is on `run --rm`'s critical
+    // path) unless it mounts volumes or host directories, whose writes must land.
     let vm_exit = match shared.sandbox.lock().await.take() {
-        Some(sandbox) if container.config.auto_remove => sandbox.kill().await.map(|s| s.exit),
+        Some(sandbox) if container.config.auto_remove && container.config.mounts.is_empty() => {
+            sandbox.kill().await.map(|s| s.exit)
+        }
         Some(sandbox) => sandbox.shutdown(SHUTDOWN_TIMEOUT).await.map(|stopped| stopped.exit),
         None => Ok(vessel_vm::VmExit::GuestExit),
     };
@@ -228,7 +234,12 @@ pub async fn run(
     container.state.error = error;
     store.save_state(&container)?;
     shared.exit.send_replace(Some(exit));
-    shared.broadcast(Outgoing::Event(Event::Exited { code: exit.code, signal: exit.signal })).await;
+    // Attached clients of a process that never started hear `Failed` (and only that) from
+    // their own connection's task.
+    if matches!(*shared.main.borrow(), MainState::Started(_)) {
+        let exited = Event::Exited { code: exit.code, signal: exit.signal };
+        shared.broadcast(Outgoing::Event(exited)).await;
+    }
     shared.attached.lock().expect("not poisoned").clear();
     stop_on_signal.abort();
     // Let the connections waiting for the end (stop, wait) write their replies: they are
@@ -239,6 +250,7 @@ pub async fn run(
     server.abort();
     if container.config.auto_remove {
         store.remove(&container)?;
+        crate::volume::remove_anonymous(&host.root, &container);
     }
     Ok(())
 }
@@ -254,9 +266,10 @@ async fn run_main(
         (ProcessExit { code, signal: None }, Some(message))
     };
     let config = &shared.container.config;
-    let mut sandbox = boot(host, &shared.container)
+    let (mut sandbox, volume_locks) = boot(host, &shared.container)
         .await
         .map_err(|err| fail(EXIT_START_FAILED, error_chain(&err)))?;
+    *shared.volume_locks.lock().expect("not poisoned") = volume_locks;
     let _ = shared.agent.set(sandbox.agent().clone());
     tracing::info!(after = ?sandbox.started.elapsed(), "VM booted, container set up");
 
@@ -338,7 +351,10 @@ fn security(config: &crate::container::ContainerConfig) -> ProcessSpec {
 const SUPERVISOR_LOCK: &str = "supervisor.lock";
 
 /// The VM with the container's disks, and the container set up in it.
-async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeError> {
+async fn boot(
+    host: &Host,
+    container: &Container,
+) -> Result<(Sandbox, Vec<std::fs::File>), RuntimeError> {
     let config = &container.config;
     let prepared = vessel_image::snapshot::prepare(&host.root, &config.image_id)?;
     let mut disks = vec![vessel_vm::Disk { path: prepared.snapshot, read_only: true }];
@@ -349,6 +365,7 @@ async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeErro
         }
         disks.push(vessel_vm::Disk { path: writable, read_only: false });
     }
+    let (mounts, volume_locks) = container_mounts(host, config, &mut disks)?;
     let mut options = SandboxOptions::new(container.short_id());
     options.cpus = (config.cpus.ceil() as u32).max(1);
     options.memory_mib = config.memory_mib.max(64).saturating_add(VM_MEMORY_OVERHEAD_MIB);
@@ -363,12 +380,67 @@ async fn boot(host: &Host, container: &Container) -> Result<Sandbox, RuntimeErro
         hostname: config.hostname.clone(),
         memory_limit_bytes: u64::from(config.memory_mib.max(64)) << 20,
         cpu_millis: (config.cpus * 1000.0).round() as u32,
+        mounts,
     };
     if let Err(err) = sandbox.agent().create_container(request).await {
         let _ = sandbox.shutdown(SHUTDOWN_TIMEOUT).await;
         return Err(err);
     }
-    Ok(sandbox)
+    Ok((sandbox, volume_locks))
+}
+
+/// The container's mounts as the agent takes them, adding each volume's disk to `disks`
+/// (after the image's and the writable one: /dev/vdc, …). Each volume is locked for the
+/// supervisor's life: a volume is a disk, and two VMs writing one ext4 would corrupt it.
+fn container_mounts(
+    host: &Host,
+    config: &crate::container::ContainerConfig,
+    disks: &mut Vec<vessel_vm::Disk>,
+) -> Result<(Vec<ContainerMount>, Vec<std::fs::File>), RuntimeError> {
+    use crate::container::MountSource;
+    let volumes = crate::volume::VolumeStore::new(&host.root);
+    let mut mounts = Vec::new();
+    let mut locks = Vec::new();
+    for mount in &config.mounts {
+        let (kind, source, options, populate) = match &mount.source {
+            MountSource::Volume { name, .. } => {
+                let volume =
+                    volumes.get(name).map_err(|err| RuntimeError::Mount(err.to_string()))?;
+                let lock_path = volume.dir.join("in-use.lock");
+                let lock = std::fs::File::create(&lock_path).map_err(|source| {
+                    RuntimeError::Io { action: "create", path: lock_path, source }
+                })?;
+                if lock.try_lock().is_err() {
+                    return Err(RuntimeError::Mount(format!(
+                        "volume {name} is in use by another running container (a volume is a \
+                         disk: one running container at a time)"
+                    )));
+                }
+                locks.push(lock);
+                // Read-only volumes are attached writable and bound read-only into the
+                // container, so the guest's ext4 can still replay its journal.
+                disks.push(vessel_vm::Disk { path: volume.disk(), read_only: false });
+                let device = format!("/dev/vd{}", char::from(b'a' + (disks.len() - 1) as u8));
+                ("volume", device, String::new(), true)
+            }
+            MountSource::Bind { path } => {
+                return Err(RuntimeError::Mount(format!(
+                    "bind mounts ({}) need virtio-fs, which this build does not attach yet",
+                    path.display()
+                )))
+            }
+            MountSource::Tmpfs { options } => ("tmpfs", String::new(), options.clone(), false),
+        };
+        mounts.push(ContainerMount {
+            kind: kind.to_string(),
+            source,
+            target: mount.target.clone(),
+            read_only: mount.read_only,
+            options,
+            populate,
+        });
+    }
+    Ok((mounts, locks))
 }
 
 /// docker's exit code and message for a process that could not start.

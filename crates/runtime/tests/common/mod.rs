@@ -119,6 +119,7 @@ pub fn container(id: &str, writable: bool) -> CreateContainerRequest {
         hostname: format!("{id}host"),
         memory_limit_bytes: 0,
         cpu_millis: 0,
+        mounts: Vec::new(),
     }
 }
 

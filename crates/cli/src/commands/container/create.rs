@@ -4,6 +4,7 @@ use crate::Context;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use vessel_runtime::container::create::CreateOptions;
+use vessel_runtime::container::mounts;
 use vessel_runtime::container::Container;
 
 /// The flags that shape a container, shared by `create` and `run`.
@@ -69,6 +70,16 @@ pub struct CreateFlags {
     /// Drop a capability from docker's default set (CHOWN, or ALL)
     #[arg(long, value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Mount a volume or host directory: NAME:/path, /host/dir:/path or /path (an anonymous
+    /// volume), with :ro for read-only
+    #[arg(short, long = "volume", value_name = "SRC:DST[:ro]", value_parser = mounts::parse_volume_flag)]
+    pub volumes: Vec<mounts::MountRequest>,
+    /// Mount with docker's long syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly]
+    #[arg(long = "mount", value_name = "SPEC", value_parser = mounts::parse_mount_flag)]
+    pub mounts: Vec<mounts::MountRequest>,
+    /// Mount a tmpfs: /path[:size=64m,mode=1777]
+    #[arg(long = "tmpfs", value_name = "DST[:OPTIONS]", value_parser = mounts::parse_tmpfs_flag)]
+    pub tmpfs: Vec<mounts::MountRequest>,
     /// Security options: no-new-privileges[=true|false]
     #[arg(long, value_name = "OPTION", value_parser = parse_security_opt)]
     pub security_opt: Vec<bool>,
@@ -143,6 +154,7 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         cap_add: flags.cap_add,
         cap_drop: flags.cap_drop,
         no_new_privileges: flags.security_opt.last().copied().unwrap_or(false),
+        mounts: flags.volumes.into_iter().chain(flags.mounts).chain(flags.tmpfs).collect(),
     };
     Ok(vessel_runtime::container::create::create(&context.host, options)?)
 }

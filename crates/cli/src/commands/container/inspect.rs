@@ -90,6 +90,21 @@ fn json(container: &Container) -> serde_json::Value {
         "Image": config.image_id,
         "Name": format!("/{}", config.name),
         "LogPath": container.log_path(),
+        "Mounts": config.mounts.iter().map(|mount| {
+            use vessel_runtime::container::MountSource;
+            let (kind, name, source) = match &mount.source {
+                MountSource::Volume { name, .. } => ("volume", name.clone(), String::new()),
+                MountSource::Bind { path } => ("bind", String::new(), path.display().to_string()),
+                MountSource::Tmpfs { options } => ("tmpfs", String::new(), options.clone()),
+            };
+            serde_json::json!({
+                "Type": kind,
+                "Name": name,
+                "Source": source,
+                "Destination": mount.target,
+                "RW": !mount.read_only,
+            })
+        }).collect::<Vec<_>>(),
         "HostConfig": {
             "Memory": u64::from(config.memory_mib) << 20,
             "NanoCpus": (config.cpus * 1e9).round() as u64,

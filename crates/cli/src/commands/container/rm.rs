@@ -13,8 +13,7 @@ pub struct RmArgs {
     /// Kill and remove running containers
     #[arg(short, long)]
     force: bool,
-    /// Remove the container's anonymous volumes too (it has none yet: accepted for docker's
-    /// sake)
+    /// Remove the container's anonymous volumes too
     #[arg(short, long)]
     volumes: bool,
     /// Containers (names or ids)
@@ -23,7 +22,6 @@ pub struct RmArgs {
 }
 
 pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
-    let _ = args.volumes;
     for query in &args.containers {
         let container = find(context, query)?;
         if container.is_running() {
@@ -38,6 +36,9 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(context.host.control_socket(container.id()));
         let _ = std::fs::remove_dir_all(context.host.vm_run_dir(container.short_id()));
         match store(context).remove(&container) {
+            Ok(()) if args.volumes => {
+                vessel_runtime::volume::remove_anonymous(&context.host.root, &container)
+            }
             // Removed by its own supervisor (`--rm`) meanwhile.
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => return Err(err.into()),

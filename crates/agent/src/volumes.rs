@@ -1,0 +1,145 @@
+//! Mounts inside a container's root: volumes (ext4 disks), virtio-fs shares (bind mounts
+//! from the host) and tmpfs. They are mounted under the container's overlay root in the
+//! agent's own namespace before its first process starts; that process's private copy of
+//! the mount table (and so every later process) has them.
+
+use nix::mount::{mount, MsFlags};
+use std::path::{Component, Path, PathBuf};
+use tonic::Status;
+use vessel_proto::agent::ContainerMount;
+
+/// The directory of a volume's filesystem the container sees: its root also holds ext4's
+/// `lost+found`, which is not the container's business.
+const VOLUME_DATA: &str = "data";
+
+/// Mounts `mounts` under `rootfs`, parents first. `staging` holds each volume's own mount.
+pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Result<(), Status> {
+    let mut ordered: Vec<(usize, &ContainerMount)> = mounts.iter().enumerate().collect();
+    ordered.sort_by_key(|(_, m)| Path::new(&m.target).components().count());
+    for (index, request) in ordered {
+        let target = target_in(rootfs, &request.target)?;
+        match request.kind.as_str() {
+            "volume" => {
+                let disk = staging.join(format!("volume-{index}"));
+                mount_dir(&disk)?;
+                mount_fs(&request.source, &disk, "ext4", MsFlags::empty(), None)?;
+                let data = disk.join(VOLUME_DATA);
+                if !data.exists() {
+                    std::fs::create_dir(&data).map_err(|e| io_status("create", &data, e))?;
+                }
+                if request.populate && is_empty(&data) && target.is_dir() {
+                    copy_up(&target, &data)?;
+                }
+                bind(&data, &target, request.read_only)?;
+            }
+            "bind" => {
+                let share = staging.join(format!("share-{index}"));
+                mount_dir(&share)?;
+                mount_fs(&request.source, &share, "virtiofs", MsFlags::empty(), None)?;
+                bind(&share, &target, request.read_only)?;
+            }
+            "tmpfs" => {
+                let options =
+                    if request.options.is_empty() { "mode=1777" } else { &request.options };
+                let flags =
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | read_only_flag(request.read_only);
+                mount_fs("tmpfs", &target, "tmpfs", flags, Some(options))?;
+            }
+            other => return Err(Status::invalid_argument(format!("unknown mount kind {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// `target` (absolute, as the container sees it) under `rootfs`, its directories created;
+/// a symlink on the way is refused, so an image cannot aim a mount elsewhere in the guest.
+fn target_in(rootfs: &Path, target: &str) -> Result<PathBuf, Status> {
+    let relative = Path::new(target).strip_prefix("/").map_err(|_| {
+        Status::invalid_argument(format!("mount target {target:?} is not absolute"))
+    })?;
+    let mut path = rootfs.to_path_buf();
+    for component in relative.components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::CurDir => continue,
+            _ => return Err(Status::invalid_argument(format!("mount target {target:?} holds .."))),
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(Status::invalid_argument(format!(
+                    "mount target {target:?} goes through a symlink in the image"
+                )))
+            }
+            Ok(metadata) if !metadata.is_dir() => {
+                return Err(Status::invalid_argument(format!(
+                    "mount target {target:?}: {} is not a directory",
+                    path.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&path).map_err(|e| io_status("create", &path, e))?,
+        }
+    }
+    Ok(path)
+}
+
+/// Copies the image's files at a mount target into a fresh volume, owners and modes kept.
+fn copy_up(from: &Path, to: &Path) -> Result<(), Status> {
+    let mut archive = Vec::new();
+    vessel_archive::write_path(&from.join("."), &mut archive)
+        .map_err(|err| Status::internal(format!("cannot read {}: {err}", from.display())))?;
+    let options = vessel_archive::ExtractOptions { preserve_owner: true, keep_setid: true };
+    vessel_archive::extract(archive.as_slice(), to, &options)
+        .map_err(|err| Status::internal(format!("cannot fill the volume: {err}")))
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), Status> {
+    mount_fs_path(source, target, MsFlags::MS_BIND)?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount_fs_path(source, target, flags)?;
+    }
+    Ok(())
+}
+
+fn mount_fs_path(source: &Path, target: &Path, flags: MsFlags) -> Result<(), Status> {
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|errno| {
+        Status::internal(format!(
+            "cannot mount {} on {}: {errno}",
+            source.display(),
+            target.display()
+        ))
+    })
+}
+
+fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Status> {
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|errno| {
+        Status::internal(format!("cannot mount {fstype} {source} on {}: {errno}", target.display()))
+    })
+}
+
+fn mount_dir(path: &Path) -> Result<(), Status> {
+    std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))
+}
+
+fn read_only_flag(read_only: bool) -> MsFlags {
+    if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    }
+}
+
+fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {
+    Status::internal(format!("cannot {action} {}: {err}", path.display()))
+}

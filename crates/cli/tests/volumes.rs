@@ -1,0 +1,100 @@
+//! Volumes, bind mounts and tmpfs through the CLI, end to end (issue #7): named volumes
+//! outlive containers and start with the image's files, read-only mounts refuse writes,
+//! tmpfs sizes hold, and bad sources fail with vessel's exit code.
+
+mod common;
+
+use common::images::TestImage;
+use common::registry::Registry;
+use common::TestRoot;
+
+const IMAGE: &str = "test/busybox";
+
+fn busybox_root() -> TestRoot {
+    let root = TestRoot::new();
+    let registry = Registry::start();
+    let reference = TestImage::Busybox.push(&registry);
+    root.ok(&["pull", "--quiet", &reference]);
+    root.ok(&["tag", &reference, IMAGE]);
+    root
+}
+
+#[test]
+fn a_named_volume_outlives_its_containers_and_starts_with_the_images_files() {
+    let root = busybox_root();
+    // First use: created, and filled with what the image has at /etc.
+    let listing = root.ok(&[
+        "run",
+        "--name",
+        "first",
+        "-v",
+        "conf:/etc",
+        IMAGE,
+        "sh",
+        "-c",
+        "ls /etc; echo kept > /etc/written",
+    ]);
+    assert!(listing.contains("passwd") && listing.contains("group"), "{listing}");
+    assert_eq!(root.ok(&["volume", "ls", "-q"]), "conf\n");
+    let output = root.run(&["volume", "rm", "conf"]);
+    assert_eq!(output.status.code(), Some(125), "a volume a container uses stays");
+    root.ok(&["rm", "first"]);
+
+    // Another container sees the data; read-only, it cannot change it.
+    assert_eq!(
+        root.ok(&["run", "--rm", "-v", "conf:/data:ro", IMAGE, "cat", "/data/written"]),
+        "kept\n"
+    );
+    let output = root.run(&["run", "--rm", "-v", "conf:/data:ro", IMAGE, "touch", "/data/new"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&root.ok(&["volume", "inspect", "conf"])).unwrap();
+    assert_eq!(inspect[0]["Name"], "conf");
+    root.ok(&["volume", "rm", "conf"]);
+    assert!(root.ok(&["volume", "ls", "-q"]).is_empty());
+}
+
+#[test]
+fn anonymous_volumes_go_with_their_container_and_tmpfs_sizes_hold() {
+    let root = busybox_root();
+    root.ok(&["run", "--rm", "-v", "/cache", IMAGE, "sh", "-c", "echo x > /cache/f"]);
+    assert!(root.ok(&["volume", "ls", "-q"]).is_empty(), "--rm removes anonymous volumes");
+    root.ok(&["create", "--name", "keeper", "-v", "/cache", IMAGE, "true"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&root.ok(&["inspect", "keeper"])).unwrap();
+    assert_eq!(inspect[0]["Mounts"][0]["Type"], "volume");
+    assert_eq!(inspect[0]["Mounts"][0]["Destination"], "/cache");
+    assert_eq!(root.ok(&["volume", "ls", "-q"]).lines().count(), 1);
+    root.ok(&["rm", "-v", "keeper"]);
+    assert!(root.ok(&["volume", "ls", "-q"]).is_empty(), "rm -v removes anonymous volumes");
+
+    let script = "dd if=/dev/zero of=/scratch/a bs=1024 count=512 2>/dev/null && echo fits; \
+                  dd if=/dev/zero of=/scratch/b bs=1024 count=1024 2>/dev/null || echo full; \
+                  stat -c %a /scratch";
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/scratch:size=1m,mode=1770",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out, "fits\nfull\n1770\n");
+}
+
+#[test]
+fn bad_mount_sources_fail_before_anything_runs() {
+    let root = busybox_root();
+    let output = root.run(&["run", "--rm", "-v", "/no/such/dir:/x", IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/no/such/dir") && stderr.contains("does not exist"), "{stderr}");
+    let output = root.run(&["run", "--rm", "-v", "data:relative", IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("absolute path"));
+    assert!(root.ok(&["ps", "-a", "-q"]).is_empty());
+    assert!(root.ok(&["volume", "ls", "-q"]).is_empty());
+}
