@@ -8,6 +8,7 @@ pub mod accel;
 pub mod initramfs;
 pub mod qemu;
 pub mod tsc;
+pub mod virtiofs;
 pub mod vsock;
 
 use std::path::PathBuf;
@@ -47,12 +48,33 @@ pub enum VmError {
     Wait(#[source] std::io::Error),
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    #[error(
+        "{devices} need {needed} virtio-mmio transports, a microvm has {available} \
+         (at most {spare} disks and shares together)"
+    )]
+    TooManyDevices { devices: String, needed: usize, available: usize, spare: usize },
+    #[error("cannot share {path} as {tag:?}: {reason}")]
+    InvalidShare { tag: String, path: PathBuf, reason: String },
+    #[error("virtiofsd not found at {cached} or in PATH ({hint})", hint = virtiofs::VIRTIOFSD_HINT)]
+    VirtiofsdNotFound { cached: PathBuf },
 }
 
 /// A disk the guest sees as `/dev/vdX`, in the order given.
 #[derive(Debug, Clone)]
 pub struct Disk {
     pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A host directory the guest can mount over virtio-fs: `mount -t virtiofs TAG /target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The name the guest mounts it by: 1 to 36 letters, digits, `.`, `_`, `-`, unique in
+    /// the VM.
+    pub tag: String,
+    /// An existing directory; the guest sees it and nothing outside it.
+    pub host_path: PathBuf,
+    /// Refused writes on the host side (virtiofsd), whatever the guest mount says.
     pub read_only: bool,
 }
 
@@ -70,6 +92,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
+    /// Host directories shared over virtio-fs, one virtiofsd each.
+    pub shares: Vec<Share>,
     /// Directory for this VM's sockets and logs; the VM owns it and removes it when gone.
     pub run_dir: PathBuf,
     pub accel: Accel,

@@ -9,8 +9,8 @@
 //!   it can hang calibrating against the PIT).
 //! - `reboot=t` + `-no-reboot`: a guest reboot ends QEMU; a plain power-off only halts.
 
-use crate::{Accel, VmConfig};
-use std::path::Path;
+use crate::{Accel, VmConfig, VmError};
+use std::path::{Path, PathBuf};
 
 /// First virtio-mmio transport of the microvm machine, and the size of each.
 const MMIO_BASE: u64 = 0xfeb0_0000;
@@ -18,6 +18,8 @@ const MMIO_SIZE: u64 = 0x200;
 /// Without ACPI the guest sees only the first IOAPIC, so microvm offers 8 transports on
 /// GSIs 5..13: at most 8 virtio devices per VM.
 pub const MMIO_TRANSPORTS: u64 = 8;
+/// Devices every VM has (vsock and rng); the other transports are for disks and shares.
+const FIXED_DEVICES: usize = 2;
 const MMIO_IRQ_BASE: u64 = 5;
 
 /// The guest's timing hints, from the host's TSC frequency.
@@ -39,12 +41,36 @@ enum Device {
     Vsock,
     Rng,
     Disk { index: usize },
+    Share { index: usize },
 }
 
+/// Disks come before shares, so disks keep their names (`vda`, `vdb`, …) whatever is shared.
 fn devices(config: &VmConfig) -> Vec<Device> {
     let mut devices = vec![Device::Vsock, Device::Rng];
     devices.extend((0..config.disks.len()).map(|index| Device::Disk { index }));
+    devices.extend((0..config.shares.len()).map(|index| Device::Share { index }));
+    debug_assert_eq!(devices.len(), FIXED_DEVICES + config.disks.len() + config.shares.len());
     devices
+}
+
+/// Every device of `config` needs a virtio-mmio transport of its own.
+pub fn check_transports(config: &VmConfig) -> Result<(), VmError> {
+    let needed = devices(config).len();
+    let available = MMIO_TRANSPORTS as usize;
+    if needed <= available {
+        return Ok(());
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    Err(VmError::TooManyDevices {
+        devices: format!(
+            "vsock, rng, {} and {}",
+            plural(config.disks.len(), "disk"),
+            plural(config.shares.len(), "share")
+        ),
+        needed,
+        available,
+        spare: available - FIXED_DEVICES,
+    })
 }
 
 /// QEMU fills virtio-mmio transports from the last one down: the n-th `-device` on the
@@ -81,14 +107,17 @@ pub fn guest_cmdline(config: &VmConfig, hints: TimingHints) -> String {
     args.join(" ")
 }
 
-/// QEMU's arguments for `config`.
+/// QEMU's arguments for `config`; `share_sockets` are the virtiofsd sockets of
+/// `config.shares`, in order.
 pub fn qemu_args(
     config: &VmConfig,
     accel: Accel,
     vhost_socket: &Path,
+    share_sockets: &[PathBuf],
     console: &Path,
     tsc_khz: u64,
 ) -> Vec<String> {
+    debug_assert_eq!(share_sockets.len(), config.shares.len());
     let memory = format!("{}M", config.memory_mib);
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
@@ -133,6 +162,16 @@ pub fn qemu_args(
                     &format!("virtio-blk-device,drive=disk{index}"),
                 ])
             }
+            Device::Share { index } => push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=fs{index},path={}",
+                    escape_option(&share_sockets[index].display().to_string())
+                ),
+                "-device",
+                // The tag is checked to be plain (crate::virtiofs::validate).
+                &format!("vhost-user-fs-device,chardev=fs{index},tag={}", config.shares[index].tag),
+            ]),
         }
     }
     // Deny the syscalls QEMU never needs (spawning, privilege changes, obsolete calls).
@@ -148,10 +187,13 @@ fn escape_option(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Disk;
-    use std::path::PathBuf;
+    use crate::{Disk, Share};
 
     fn config(disks: usize) -> VmConfig {
+        config_with(disks, 0)
+    }
+
+    fn config_with(disks: usize, shares: usize) -> VmConfig {
         VmConfig {
             name: "t".into(),
             kernel: "/k".into(),
@@ -161,6 +203,13 @@ mod tests {
             memory_mib: 256,
             disks: (0..disks)
                 .map(|i| Disk { path: PathBuf::from(format!("/d{i},x")), read_only: i == 0 })
+                .collect(),
+            shares: (0..shares)
+                .map(|i| Share {
+                    tag: format!("share{i}"),
+                    host_path: PathBuf::from(format!("/s{i}")),
+                    read_only: i == 1,
+                })
                 .collect(),
             run_dir: "/run/x".into(),
             accel: Accel::Tcg,
@@ -190,7 +239,7 @@ mod tests {
 
     #[test]
     fn disks_keep_their_order_and_mode() {
-        let args = qemu_args(&config(2), Accel::Tcg, Path::new("/v"), Path::new("/c"), 1);
+        let args = qemu_args(&config(2), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
         let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("id=disk")).collect();
         assert!(
             drives[0].starts_with("id=disk0,file=/d0,,x,") && drives[0].contains("readonly=on")
@@ -200,9 +249,53 @@ mod tests {
 
     #[test]
     fn tcg_hides_erms_and_kvm_uses_the_host_cpu() {
-        let tcg = qemu_args(&config(0), Accel::Tcg, Path::new("/v"), Path::new("/c"), 1);
+        let tcg = qemu_args(&config(0), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
         assert!(tcg.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max,-erms"));
-        let kvm = qemu_args(&config(0), Accel::Kvm, Path::new("/v"), Path::new("/c"), 1);
+        let kvm = qemu_args(&config(0), Accel::Kvm, Path::new("/v"), &[], Path::new("/c"), 1);
         assert!(kvm.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"));
+    }
+
+    #[test]
+    fn shares_follow_disks_each_with_a_vhost_user_fs_device() {
+        let config = config_with(2, 2);
+        let sockets = [PathBuf::from("/run/x/virtiofs-0.sock"), PathBuf::from("/r,un/fs1.sock")];
+        let args = qemu_args(&config, Accel::Tcg, Path::new("/v"), &sockets, Path::new("/c"), 1);
+        let devices: Vec<&String> =
+            args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
+        assert_eq!(
+            devices,
+            [
+                "vhost-user-vsock-device,chardev=vsock",
+                "virtio-rng-device",
+                "virtio-blk-device,drive=disk0",
+                "virtio-blk-device,drive=disk1",
+                "vhost-user-fs-device,chardev=fs0,tag=share0",
+                "vhost-user-fs-device,chardev=fs1,tag=share1",
+            ]
+        );
+        assert!(args.contains(&"socket,id=fs0,path=/run/x/virtiofs-0.sock".to_string()));
+        assert!(args.contains(&"socket,id=fs1,path=/r,,un/fs1.sock".to_string()));
+        // Guest memory is a shared memfd, which vhost-user-fs needs.
+        assert!(args
+            .iter()
+            .any(|a| a.starts_with("memory-backend-memfd,") && a.ends_with("share=on")));
+        let line = guest_cmdline(&config, TimingHints { tsc_khz: 1 });
+        assert_eq!(line.matches("virtio_mmio.device=").count(), 6, "{line}");
+        // The sixth device sits in the third transport.
+        assert!(line.contains("virtio_mmio.device=512@0xfeb00400:7"), "{line}");
+    }
+
+    #[test]
+    fn transports_are_counted_over_disks_and_shares() {
+        assert!(check_transports(&config_with(6, 0)).is_ok());
+        assert!(check_transports(&config_with(3, 3)).is_ok());
+        let err = check_transports(&config_with(4, 3)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "vsock, rng, 4 disks and 3 shares need 9 virtio-mmio transports, a microvm has 8 \
+             (at most 6 disks and shares together)"
+        );
+        let err = check_transports(&config_with(0, 7)).unwrap_err().to_string();
+        assert!(err.starts_with("vsock, rng, 0 disks and 7 shares need 9"), "{err}");
     }
 }

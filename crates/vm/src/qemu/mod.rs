@@ -1,24 +1,28 @@
 //! The QEMU `microvm` backend: a real, maintained VMM from the distribution that runs on
 //! every host we have, with KVM where the host allows and TCG elsewhere.
 //!
-//! Each VM is two host processes: `vessel-vsock` (our vsock device, served to QEMU over
-//! vhost-user because hosts often lack the vhost-vsock module; see docs/vsock.md) and QEMU
-//! itself. Both die with the process that started them, and the VM's runtime directory goes
-//! with the VM.
+//! Each VM is a few host processes: `vessel-vsock` (our vsock device, served to QEMU over
+//! vhost-user because hosts often lack the vhost-vsock module; see docs/vsock.md), one
+//! `virtiofsd` per shared directory (see [`crate::virtiofs`]) and QEMU itself. All die with
+//! the process that started them, and the VM's runtime directory goes with the VM.
 
 mod cmdline;
 mod process;
 
 pub use cmdline::{guest_cmdline, qemu_args, TimingHints};
 
+use crate::virtiofs;
 use crate::vsock::HostVsock;
 use crate::{Backend, Vm, VmConfig, VmError, VmExit};
 use process::Child;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long the vsock device may take to create its socket.
-const VSOCK_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a device process (vsock, virtiofsd) may take to create its socket.
+const DEVICE_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long device processes may take to end by themselves once QEMU is gone (they exit
+/// when their vhost-user connection closes) before they are killed.
+const DEVICE_EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// Guest CID of every VM: each VM has its own vsock device, so they never clash.
 const GUEST_CID: u32 = 3;
@@ -27,14 +31,26 @@ const GUEST_CID: u32 = 3;
 pub struct QemuBackend {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
+    /// Serves shared directories; only VMs with shares need it.
+    pub virtiofsd: Option<PathBuf>,
+    /// Where [`virtiofs::find_virtiofsd`] looked, for the error when a VM needs it.
+    pub tool_cache: PathBuf,
     /// Where the measured TSC frequency is cached (see [`crate::tsc`]).
     pub tsc_cache: PathBuf,
 }
 
 impl QemuBackend {
     /// Finds the programs: `VESSEL_QEMU` / `VESSEL_VHOST_VSOCK` when set, else beside the
-    /// running binary (vessel-vsock is built and installed with vessel), else in `PATH`.
-    pub fn discover(tsc_cache: PathBuf) -> Result<Self, VmError> {
+    /// running binary (vessel-vsock is built and installed with vessel), else in `PATH`;
+    /// virtiofsd as [`virtiofs::find_virtiofsd`] does in `tool_cache` (`$VESSEL_CACHE`), and
+    /// a missing one fails only the VMs that share directories.
+    pub fn discover(tsc_cache: PathBuf, tool_cache: &Path) -> Result<Self, VmError> {
+        let virtiofsd = match virtiofs::find_virtiofsd(tool_cache) {
+            Ok(path) => Some(path),
+            Err(VmError::VirtiofsdNotFound { .. }) => None,
+            // VESSEL_VIRTIOFSD names a missing file: a mistake worth hearing about at once.
+            Err(err) => return Err(err),
+        };
         Ok(QemuBackend {
             qemu: find_program(
                 "VESSEL_QEMU",
@@ -46,6 +62,8 @@ impl QemuBackend {
                 VSOCK_DEVICE,
                 "build it with scripts/build (it installs beside vessel)",
             )?,
+            virtiofsd,
+            tool_cache: tool_cache.to_path_buf(),
             tsc_cache,
         })
     }
@@ -111,54 +129,47 @@ impl Backend for QemuBackend {
                 config.cpus, config.memory_mib
             )));
         }
-        if devices_needed(&config) > cmdline::MMIO_TRANSPORTS as usize {
-            return Err(VmError::Config(format!(
-                "{} disks: a microvm has room for {} virtio devices, 2 of them taken",
-                config.disks.len(),
-                cmdline::MMIO_TRANSPORTS
-            )));
-        }
+        cmdline::check_transports(&config)?;
+        virtiofs::validate(&config.shares)?;
+        let virtiofsd = match (&self.virtiofsd, config.shares.is_empty()) {
+            (_, true) => None,
+            (Some(path), false) => Some(path.clone()),
+            (None, false) => {
+                return Err(VmError::VirtiofsdNotFound {
+                    cached: virtiofs::cached_virtiofsd(&self.tool_cache),
+                })
+            }
+        };
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|source| VmError::RunDir { path: config.run_dir.clone(), source })?;
-        let paths = RunPaths::new(&config.run_dir);
+        let paths = RunPaths::new(&config.run_dir, config.shares.len());
         let accel = config.accel.resolve();
         let khz = crate::tsc::host_khz(&self.tsc_cache);
 
-        let vhost_log = paths.log(VSOCK_DEVICE);
-        let mut vhost = Child::spawn(
-            &self.vhost_vsock,
-            &[
-                "--guest-cid".to_string(),
-                GUEST_CID.to_string(),
-                "--socket".to_string(),
-                paths.vhost_socket.display().to_string(),
-                "--uds-path".to_string(),
-                paths.vsock.display().to_string(),
-            ],
-            &vhost_log,
-        )?;
-        if let Err(err) =
-            vhost.wait_for_socket(&paths.vhost_socket, VSOCK_SOCKET_TIMEOUT, &vhost_log).await
-        {
-            vhost.kill().await;
-            let _ = std::fs::remove_dir_all(&config.run_dir);
-            return Err(err);
-        }
-        let args = qemu_args(&config, accel, &paths.vhost_socket, &paths.console, khz);
+        let mut devices = match self.start_devices(&config, &paths, virtiofsd.as_deref()).await {
+            Ok(devices) => devices,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&config.run_dir);
+                return Err(err);
+            }
+        };
+        let args =
+            qemu_args(&config, accel, &paths.vhost_socket, &paths.shares, &paths.console, khz);
         tracing::debug!(vm = %config.name, ?args, "starting qemu");
         let qemu = match Child::spawn(&self.qemu, &args, &paths.log("qemu")) {
             Ok(qemu) => qemu,
             Err(err) => {
-                vhost.kill().await;
+                devices.kill_all().await;
                 let _ = std::fs::remove_dir_all(&config.run_dir);
                 return Err(err);
             }
         };
         let echo = config.echo_console.then(|| process::echo_file(paths.console.clone()));
-        let vmm_logs = vec![paths.log("qemu"), vhost_log];
+        let mut vmm_logs = vec![paths.log("qemu")];
+        vmm_logs.extend(devices.logs.iter().cloned());
         Ok(QemuVm {
             qemu,
-            vhost,
+            devices,
             vsock: HostVsock::new(paths.vsock),
             vmm_logs,
             console: paths.console,
@@ -169,8 +180,95 @@ impl Backend for QemuBackend {
     }
 }
 
-fn devices_needed(config: &VmConfig) -> usize {
-    2 + config.disks.len()
+impl QemuBackend {
+    /// Starts the vsock device and a virtiofsd per share, all at once, and waits until each
+    /// serves its socket; on failure none is left running.
+    async fn start_devices(
+        &self,
+        config: &VmConfig,
+        paths: &RunPaths,
+        virtiofsd: Option<&Path>,
+    ) -> Result<DeviceProcesses, VmError> {
+        let vsock_args = [
+            "--guest-cid".to_string(),
+            GUEST_CID.to_string(),
+            "--socket".to_string(),
+            paths.vhost_socket.display().to_string(),
+            "--uds-path".to_string(),
+            paths.vsock.display().to_string(),
+        ];
+        let vsock_log = paths.log(VSOCK_DEVICE);
+        let mut devices = DeviceProcesses {
+            vhost: Child::spawn(&self.vhost_vsock, &vsock_args, &vsock_log)?,
+            virtiofsd: Vec::new(),
+            logs: vec![vsock_log.clone()],
+        };
+        if let Some(virtiofsd) = virtiofsd {
+            let nofile = virtiofs::nofile_hard_limit();
+            for (index, (share, socket)) in config.shares.iter().zip(&paths.shares).enumerate() {
+                let log = paths.virtiofsd_log(index);
+                let args = virtiofs::virtiofsd_args(share, socket, nofile);
+                tracing::debug!(vm = %config.name, tag = %share.tag, ?args, "starting virtiofsd");
+                // Its sandbox forks: the group is killed whole.
+                match Child::spawn_group(virtiofsd, &args, &log) {
+                    Ok(child) => devices.virtiofsd.push(child),
+                    Err(err) => {
+                        devices.kill_all().await;
+                        return Err(err);
+                    }
+                }
+                devices.logs.push(log);
+            }
+        }
+        // They all started above and come up side by side; wait for each in turn.
+        let mut ready = devices
+            .vhost
+            .wait_for_socket(&paths.vhost_socket, DEVICE_SOCKET_TIMEOUT, &vsock_log)
+            .await;
+        for (index, child) in devices.virtiofsd.iter_mut().enumerate() {
+            if ready.is_err() {
+                break;
+            }
+            let log = paths.virtiofsd_log(index);
+            ready = child.wait_for_socket(&paths.shares[index], DEVICE_SOCKET_TIMEOUT, &log).await;
+        }
+        if let Err(err) = ready {
+            devices.kill_all().await;
+            return Err(err);
+        }
+        Ok(devices)
+    }
+}
+
+/// The device processes of one VM, beside QEMU.
+#[derive(Debug)]
+struct DeviceProcesses {
+    vhost: Child,
+    virtiofsd: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl DeviceProcesses {
+    async fn kill_all(&mut self) {
+        self.vhost.kill().await;
+        for child in &mut self.virtiofsd {
+            child.kill().await;
+        }
+    }
+
+    /// Once QEMU is gone: virtiofsd ends by itself when its connection closes (its sandbox
+    /// child first), so give it a moment before killing what is left.
+    async fn release(&mut self) {
+        self.vhost.kill().await;
+        let deadline = tokio::time::Instant::now() + DEVICE_EXIT_GRACE;
+        for child in &mut self.virtiofsd {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !matches!(child.wait_timeout(left).await, Ok(Some(_))) {
+                tracing::debug!("virtiofsd did not end with the VM; killing it");
+            }
+            child.kill().await;
+        }
+    }
 }
 
 /// The host side of the vsock of the VM whose runtime directory is `run_dir`; known before
@@ -182,15 +280,18 @@ pub fn host_vsock(run_dir: &Path) -> HostVsock {
 struct RunPaths {
     dir: PathBuf,
     vhost_socket: PathBuf,
+    /// The virtiofsd socket of each share.
+    shares: Vec<PathBuf>,
     vsock: PathBuf,
     console: PathBuf,
 }
 
 impl RunPaths {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, shares: usize) -> Self {
         RunPaths {
             dir: dir.to_path_buf(),
             vhost_socket: dir.join("vhost-vsock.sock"),
+            shares: (0..shares).map(|index| virtiofs::socket_path(dir, index)).collect(),
             vsock: host_vsock(dir).socket().to_path_buf(),
             console: dir.join("console.log"),
         }
@@ -199,12 +300,16 @@ impl RunPaths {
     fn log(&self, program: &str) -> PathBuf {
         self.dir.join(format!("{program}.log"))
     }
+
+    fn virtiofsd_log(&self, index: usize) -> PathBuf {
+        self.log(&format!("virtiofsd-{index}"))
+    }
 }
 
 #[derive(Debug)]
 pub struct QemuVm {
     qemu: Child,
-    vhost: Child,
+    devices: DeviceProcesses,
     vsock: HostVsock,
     console: PathBuf,
     vmm_logs: Vec<PathBuf>,
@@ -220,7 +325,7 @@ impl QemuVm {
     }
 
     async fn release(&mut self) {
-        self.vhost.kill().await;
+        self.devices.release().await;
         if let Some(echo) = self.echo.take() {
             // Let the echo print what the guest wrote last, then stop it.
             tokio::time::sleep(Duration::from_millis(60)).await;

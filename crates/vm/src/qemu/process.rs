@@ -11,12 +11,24 @@ pub struct Child {
     program: String,
     child: tokio::process::Child,
     status: Option<ExitStatus>,
+    /// The child leads a process group of its own, with whatever it forks: killed as one.
+    group: bool,
 }
 
 impl Child {
     /// Starts `program` with stdout and stderr appended to `log`. The child gets SIGKILL when
     /// the thread that started it exits, so a crashed or killed caller leaves nothing behind.
     pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
+        Self::start(program, args, log, false)
+    }
+
+    /// As [`Child::spawn`], in a new process group that [`Child::kill`] kills whole: for
+    /// programs that fork helpers of their own (virtiofsd's sandbox).
+    pub fn spawn_group(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
+        Self::start(program, args, log, true)
+    }
+
+    fn start(program: &Path, args: &[String], log: &Path, group: bool) -> Result<Child, VmError> {
         let name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
         let program_name = name.into_owned();
         let open_log = || {
@@ -33,6 +45,9 @@ impl Child {
             .stdout(open_log()?)
             .stderr(open_log()?)
             .kill_on_drop(true);
+        if group {
+            command.process_group(0);
+        }
         // SAFETY: the closure runs in the forked child before exec and only calls prctl,
         // which is async-signal-safe.
         unsafe {
@@ -46,7 +61,7 @@ impl Child {
         let child = command
             .spawn()
             .map_err(|source| VmError::Spawn { program: program_name.clone(), source })?;
-        Ok(Child { program: program_name, child, status: None })
+        Ok(Child { program: program_name, child, status: None, group })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -98,13 +113,34 @@ impl Child {
         }
     }
 
-    /// Kills the process (if still running) and reaps it.
+    /// Kills the process (if still running) and reaps it; a group leader's whole group goes
+    /// with it.
     pub async fn kill(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
+            self.kill_group();
             let _ = self.child.start_kill();
             self.status = self.child.wait().await.ok();
         }
         self.status
+    }
+
+    fn kill_group(&self) {
+        if !self.group {
+            return;
+        }
+        let Some(pid) = self.child.id() else { return };
+        // Not yet reaped, so the group id is still ours alone (it is the leader's pid).
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // kill_on_drop ends the leader; what it forked goes too.
+        if self.status.is_none() {
+            self.kill_group();
+        }
     }
 }
 
