@@ -98,3 +98,66 @@ fn bad_mount_sources_fail_before_anything_runs() {
     assert!(root.ok(&["ps", "-a", "-q"]).is_empty());
     assert!(root.ok(&["volume", "ls", "-q"]).is_empty());
 }
+
+/// A host directory bind-mounted over virtio-fs: the container reads it and writes to it,
+/// the host sees the writes owned by the container's user, and `:ro` refuses writes.
+#[test]
+fn a_bind_mounted_host_directory_is_shared_both_ways() {
+    use std::os::unix::fs::MetadataExt;
+    let root = busybox_root();
+    let shared = root.path().join("shared");
+    std::fs::create_dir_all(shared.join("mine")).unwrap();
+    std::fs::write(shared.join("from-host"), "hello from the host\n").unwrap();
+    std::os::unix::fs::chown(shared.join("mine"), Some(1000), Some(1000)).unwrap();
+    let volume = format!("{}:/src", shared.display());
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume,
+        "-w",
+        "/src",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat from-host; echo by root > by-root",
+    ]);
+    assert!(out.starts_with("hello from the host\n"), "{out}");
+    assert_eq!(std::fs::read_to_string(shared.join("by-root")).unwrap(), "by root\n");
+    assert_eq!(std::fs::metadata(shared.join("by-root")).unwrap().uid(), 0);
+    // As another user: the host sees that user's ids.
+    root.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "1000:1000",
+        "-v",
+        &volume,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo by 1000 > /src/mine/by-user",
+    ]);
+    let metadata = std::fs::metadata(shared.join("mine/by-user")).unwrap();
+    assert_eq!((metadata.uid(), metadata.gid()), (1000, 1000));
+
+    let read_only = format!("{}:/src:ro", shared.display());
+    let output = root.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &read_only,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo changed > /src/from-host",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
+    assert_eq!(std::fs::read_to_string(shared.join("from-host")).unwrap(), "hello from the host\n");
+
+    let file = format!("{}:/one", shared.join("from-host").display());
+    let output = root.run(&["run", "--rm", "-v", &file, IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("single-file"));
+}

@@ -365,11 +365,13 @@ async fn boot(
         }
         disks.push(vessel_vm::Disk { path: writable, read_only: false });
     }
-    let (mounts, volume_locks) = container_mounts(host, config, &mut disks)?;
+    let mut shares = Vec::new();
+    let (mounts, volume_locks) = container_mounts(host, config, &mut disks, &mut shares)?;
     let mut options = SandboxOptions::new(container.short_id());
     options.cpus = (config.cpus.ceil() as u32).max(1);
     options.memory_mib = config.memory_mib.max(64).saturating_add(VM_MEMORY_OVERHEAD_MIB);
     options.disks = disks;
+    options.shares = shares;
     options.accel = config.accel.parse().unwrap_or_default();
     options.echo_console = tracing::enabled!(tracing::Level::DEBUG);
     let mut sandbox = Sandbox::start(host, options).await?;
@@ -390,12 +392,14 @@ async fn boot(
 }
 
 /// The container's mounts as the agent takes them, adding each volume's disk to `disks`
-/// (after the image's and the writable one: /dev/vdc, …). Each volume is locked for the
+/// (after the image's and the writable one: /dev/vdc, …) and each bind mount's host
+/// directory to `shares`. Each volume is locked for the
 /// supervisor's life: a volume is a disk, and two VMs writing one ext4 would corrupt it.
 fn container_mounts(
     host: &Host,
     config: &crate::container::ContainerConfig,
     disks: &mut Vec<vessel_vm::Disk>,
+    shares: &mut Vec<vessel_vm::Share>,
 ) -> Result<(Vec<ContainerMount>, Vec<std::fs::File>), RuntimeError> {
     use crate::container::MountSource;
     let volumes = crate::volume::VolumeStore::new(&host.root);
@@ -424,10 +428,14 @@ fn container_mounts(
                 ("volume", device, String::new(), true)
             }
             MountSource::Bind { path } => {
-                return Err(RuntimeError::Mount(format!(
-                    "bind mounts ({}) need virtio-fs, which this build does not attach yet",
-                    path.display()
-                )))
+                // One virtio-fs share per bind mount; virtiofsd enforces read-only too.
+                let tag = format!("share{}", shares.len());
+                shares.push(vessel_vm::Share {
+                    tag: tag.clone(),
+                    host_path: path.clone(),
+                    read_only: mount.read_only,
+                });
+                ("bind", tag, String::new(), false)
             }
             MountSource::Tmpfs { options } => ("tmpfs", String::new(), options.clone(), false),
         };
