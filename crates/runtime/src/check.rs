@@ -51,6 +51,12 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
                 .map(|p| p.display().to_string())
                 .map_err(|err| (err.to_string(), "scripts/build".to_string())),
         ),
+        CheckItem::new(
+            "virtiofsd",
+            vessel_vm::virtiofs::find_virtiofsd(&host.cache)
+                .map(|p| format!("{} (bind mounts)", p.display()))
+                .map_err(|err| (err.to_string(), "scripts/deps".to_string())),
+        ),
         CheckItem::new("accelerator", accel()),
         CheckItem::new(
             "/dev/net/tun",
