@@ -23,7 +23,12 @@ pub struct Container {
     pub init_pid: Option<i32>,
     /// The container's cgroup (`/sys/fs/cgroup/<id>`); every process of it joins.
     pub cgroup: PathBuf,
+    /// Bytes of its /dev/shm.
+    pub shm_size: u64,
 }
+
+/// docker's /dev/shm size.
+const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 
 #[derive(Debug, Default)]
 pub struct Containers {
@@ -92,7 +97,9 @@ impl Containers {
         let cgroup = create_cgroup(id, request.memory_limit_bytes, request.cpu_millis)?;
         let hostname =
             if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };
-        let container = Container { rootfs, read_only, hostname, init_pid: None, cgroup };
+        let shm_size =
+            if request.shm_size_bytes == 0 { DEFAULT_SHM_SIZE } else { request.shm_size_bytes };
+        let container = Container { rootfs, read_only, hostname, init_pid: None, cgroup, shm_size };
         self.by_id.insert(id.clone(), container);
         Ok(())
     }

@@ -83,6 +83,9 @@ fn anonymous_volumes_go_with_their_container_and_tmpfs_sizes_hold() {
         script,
     ]);
     assert_eq!(out, "fits\nfull\n1770\n");
+    let shm = "df -k /dev/shm | tail -1 | awk '{print $2}'";
+    assert_eq!(root.ok(&["run", "--rm", IMAGE, "sh", "-c", shm]), "65536\n", "docker's 64 MiB");
+    assert_eq!(root.ok(&["run", "--rm", "--shm-size", "8m", IMAGE, "sh", "-c", shm]), "8192\n");
 }
 
 #[test]

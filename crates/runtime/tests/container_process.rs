@@ -35,6 +35,7 @@ async fn processes_run_in_the_container_with_their_stdio() {
             memory_limit_bytes: 100 << 20,
             cpu_millis: 500,
             mounts: Vec::new(),
+            shm_size_bytes: 0,
         })
         .await
         .unwrap();

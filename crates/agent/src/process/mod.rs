@@ -141,6 +141,7 @@ impl Processes {
             identity,
             join: container.init_pid.map(Pid::from_raw),
             hostname: container.hostname.clone(),
+            shm_options: format!("mode=1777,size={}", container.shm_size),
             rootfs: container.rootfs.clone(),
             stdio: child_stdio,
             terminal: request.terminal,

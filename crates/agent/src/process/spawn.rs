@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 /// Everything the child needs, prepared before the fork.
 #[derive(Debug)]
 pub struct SpawnSpec {
+    /// Options of the container's /dev/shm tmpfs (its size).
+    pub shm_options: String,
     pub rootfs: PathBuf,
     pub hostname: String,
     /// Candidate executables, tried in order (PATH search done in advance).
@@ -198,7 +200,7 @@ fn child(spec: &SpawnSpec, join: Option<&JoinFds>) -> (Step, Errno) {
             step!(Step::Namespaces, unshare(flags));
             // Device nodes get exactly the modes asked for; processes get docker's umask.
             nix::sys::stat::umask(Mode::empty());
-            step!(Step::Mounts, container_mounts(&spec.rootfs));
+            step!(Step::Mounts, container_mounts(&spec.rootfs, &spec.shm_options));
             nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
             step!(Step::PivotRoot, enter_root(&spec.rootfs));
             if spec.read_only_root {
@@ -274,7 +276,7 @@ fn join_cgroup(procs: &CString) -> Result<(), Errno> {
 const GUEST_PTS: &str = "/dev/pts";
 
 /// /proc, /sys and a minimal /dev inside the container's root, as docker provides them.
-fn container_mounts(rootfs: &Path) -> Result<(), Errno> {
+fn container_mounts(rootfs: &Path, shm_options: &str) -> Result<(), Errno> {
     let none = None::<&str>;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
     let at = |path: &str| rootfs.join(path);
@@ -293,7 +295,7 @@ fn container_mounts(rootfs: &Path) -> Result<(), Errno> {
             MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
             Some("mode=755,size=65536k"),
         ),
-        ("tmpfs", "dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k")),
+        ("tmpfs", "dev/shm", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(shm_options)),
     ] {
         let target = at(path);
         dir(&target)?;

@@ -40,6 +40,7 @@ pub struct CreateOptions {
     pub no_new_privileges: bool,
     /// `-v`, `--mount`, `--tmpfs`.
     pub mounts: Vec<super::mounts::MountRequest>,
+    pub shm_size: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,7 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         capabilities: capabilities(&options.cap_add, &options.cap_drop),
         no_new_privileges: options.no_new_privileges,
         mounts,
+        shm_size: options.shm_size,
     };
     let anonymous: Vec<String> = config
         .mounts

@@ -65,6 +65,9 @@ pub struct ContainerConfig {
     /// Volumes, bind mounts and tmpfs (`-v`, `--mount`, `--tmpfs`).
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// Bytes of /dev/shm (`--shm-size`); None: docker's 64 MiB.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
 }
 
 /// Something mounted in the container.

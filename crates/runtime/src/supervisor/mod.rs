@@ -383,6 +383,7 @@ async fn boot(
         memory_limit_bytes: u64::from(config.memory_mib.max(64)) << 20,
         cpu_millis: (config.cpus * 1000.0).round() as u32,
         mounts,
+        shm_size_bytes: config.shm_size.unwrap_or(0),
     };
     if let Err(err) = sandbox.agent().create_container(request).await {
         let _ = sandbox.shutdown(SHUTDOWN_TIMEOUT).await;

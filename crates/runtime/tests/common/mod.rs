@@ -120,6 +120,7 @@ pub fn container(id: &str, writable: bool) -> CreateContainerRequest {
         memory_limit_bytes: 0,
         cpu_millis: 0,
         mounts: Vec::new(),
+        shm_size_bytes: 0,
     }
 }
 

@@ -77,6 +77,9 @@ pub struct CreateFlags {
     /// Mount with docker's long syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly]
     #[arg(long = "mount", value_name = "SPEC", value_parser = mounts::parse_mount_flag)]
     pub mounts: Vec<mounts::MountRequest>,
+    /// Size of /dev/shm (default 64m)
+    #[arg(long, value_parser = crate::commands::rootfs::parse_size)]
+    pub shm_size: Option<u64>,
     /// Mount a tmpfs: /path[:size=64m,mode=1777]
     #[arg(long = "tmpfs", value_name = "DST[:OPTIONS]", value_parser = mounts::parse_tmpfs_flag)]
     pub tmpfs: Vec<mounts::MountRequest>,
@@ -155,6 +158,7 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         cap_drop: flags.cap_drop,
         no_new_privileges: flags.security_opt.last().copied().unwrap_or(false),
         mounts: flags.volumes.into_iter().chain(flags.mounts).chain(flags.tmpfs).collect(),
+        shm_size: flags.shm_size,
     };
     Ok(vessel_runtime::container::create::create(&context.host, options)?)
 }
