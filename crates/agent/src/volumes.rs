@@ -17,7 +17,8 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
     let mut ordered: Vec<(usize, &ContainerMount)> = mounts.iter().enumerate().collect();
     ordered.sort_by_key(|(_, m)| Path::new(&m.target).components().count());
     for (index, request) in ordered {
-        let target = target_in(rootfs, &request.target)?;
+        let is_file = request.kind == "bind" && !request.file.is_empty();
+        let target = target_in(rootfs, &request.target, is_file)?;
         match request.kind.as_str() {
             "volume" => {
                 let disk = staging.join(format!("volume-{index}"));
@@ -36,7 +37,8 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
                 let share = staging.join(format!("share-{index}"));
                 mount_dir(&share)?;
                 mount_fs(&request.source, &share, "virtiofs", MsFlags::empty(), None)?;
-                bind(&share, &target, request.read_only)?;
+                let source = if is_file { share.join(&request.file) } else { share };
+                bind(&source, &target, request.read_only)?;
             }
             "tmpfs" => {
                 let options =
@@ -51,14 +53,17 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
     Ok(())
 }
 
-/// `target` (absolute, as the container sees it) under `rootfs`, its directories created;
-/// a symlink on the way is refused, so an image cannot aim a mount elsewhere in the guest.
-fn target_in(rootfs: &Path, target: &str) -> Result<PathBuf, Status> {
+/// `target` (absolute, as the container sees it) under `rootfs`, its directories created
+/// (and itself, as an empty file for a single file's mount); a symlink on the way is
+/// refused, so an image cannot aim a mount elsewhere in the guest.
+fn target_in(rootfs: &Path, target: &str, is_file: bool) -> Result<PathBuf, Status> {
     let relative = Path::new(target).strip_prefix("/").map_err(|_| {
         Status::invalid_argument(format!("mount target {target:?} is not absolute"))
     })?;
     let mut path = rootfs.to_path_buf();
-    for component in relative.components() {
+    let count = relative.components().count();
+    for (position, component) in relative.components().enumerate() {
+        let last = position + 1 == count;
         match component {
             Component::Normal(name) => path.push(name),
             Component::CurDir => continue,
@@ -70,6 +75,14 @@ fn target_in(rootfs: &Path, target: &str) -> Result<PathBuf, Status> {
                     "mount target {target:?} goes through a symlink in the image"
                 )))
             }
+            Ok(metadata) if last && is_file => {
+                if metadata.is_dir() {
+                    return Err(Status::invalid_argument(format!(
+                        "mount target {target:?} is a directory in the image; a file cannot \
+                         be mounted on it"
+                    )));
+                }
+            }
             Ok(metadata) if !metadata.is_dir() => {
                 return Err(Status::invalid_argument(format!(
                     "mount target {target:?}: {} is not a directory",
@@ -77,6 +90,9 @@ fn target_in(rootfs: &Path, target: &str) -> Result<PathBuf, Status> {
                 )))
             }
             Ok(_) => {}
+            Err(_) if last && is_file => {
+                std::fs::write(&path, b"").map_err(|e| io_status("create", &path, e))?
+            }
             Err(_) => std::fs::create_dir(&path).map_err(|e| io_status("create", &path, e))?,
         }
     }

@@ -159,8 +159,25 @@ fn a_bind_mounted_host_directory_is_shared_both_ways() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
     assert_eq!(std::fs::read_to_string(shared.join("from-host")).unwrap(), "hello from the host\n");
 
-    let file = format!("{}:/one", shared.join("from-host").display());
-    let output = root.run(&["run", "--rm", "-v", &file, IMAGE, "true"]);
-    assert_eq!(output.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("single-file"));
+    // A single file: shared alone (its siblings stay out of the VM), read and written.
+    let file = format!("{}:/etc/app.conf", shared.join("from-host").display());
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &file,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /etc/app.conf; echo appended >> /etc/app.conf; ls /etc | grep -c by-root || true",
+    ]);
+    assert_eq!(out, "hello from the host\n0\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-host")).unwrap(),
+        "hello from the host\nappended\n"
+    );
+    assert!(
+        std::fs::read_dir(root.path().join("run/files")).map_or(true, |mut d| d.next().is_none()),
+        "staged files outlived the container"
+    );
 }

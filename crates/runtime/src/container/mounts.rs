@@ -108,7 +108,7 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bind source {0} is not a directory: single-file bind mounts are not supported yet (mount its directory)")]
+    #[error("bind source {0} is neither a directory nor a regular file")]
     NotADirectory(PathBuf),
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
@@ -142,7 +142,7 @@ pub fn resolve(root: &Path, requests: Vec<MountRequest>) -> Result<Vec<MountSpec
             MountRequest::Bind { path, target, read_only } => {
                 let path = std::fs::canonicalize(&path)
                     .map_err(|source| MountError::MissingSource { path: path.clone(), source })?;
-                if !path.is_dir() {
+                if !path.is_dir() && !path.is_file() {
                     return Err(MountError::NotADirectory(path));
                 }
                 MountSpec { source: MountSource::Bind { path }, target, read_only }

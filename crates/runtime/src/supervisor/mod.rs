@@ -205,6 +205,8 @@ pub async fn run(
     let server = tokio::spawn(connection::serve(listener, shared.clone()));
     let stop_on_signal = tokio::spawn(stop_on_signal(shared.clone()));
 
+    // A killed supervisor's staging directories (its mounts died with it).
+    remove_staged_files(host, container.id());
     if wait_for_attach {
         let mut count = shared.attach_count.subscribe();
         let _ = tokio::time::timeout(ATTACH_WAIT, count.wait_for(|n| *n > 0)).await;
@@ -227,6 +229,7 @@ pub async fn run(
         Ok(vm_exit) => tracing::info!(%vm_exit, "VM stopped"),
         Err(err) => tracing::warn!(error = %err, "the VM did not stop cleanly"),
     }
+    remove_staged_files(host, container.id());
     container.state.status = Status::Exited;
     container.state.supervisor = None;
     container.state.finished_at = Some(crate::time::now_nanos());
@@ -407,6 +410,7 @@ fn container_mounts(
     let mut mounts = Vec::new();
     let mut locks = Vec::new();
     for mount in &config.mounts {
+        let mut file = String::new();
         let (kind, source, options, populate) = match &mount.source {
             MountSource::Volume { name, .. } => {
                 let volume =
@@ -429,13 +433,20 @@ fn container_mounts(
                 ("volume", device, String::new(), true)
             }
             MountSource::Bind { path } => {
-                // One virtio-fs share per bind mount; virtiofsd enforces read-only too.
+                // One virtio-fs share per bind mount; virtiofsd enforces read-only too. A
+                // single file is shared through a directory of its own holding only it.
                 let tag = format!("share{}", shares.len());
+                let (host_path, name) = if path.is_dir() {
+                    (path.clone(), String::new())
+                } else {
+                    stage_file(host, &config.id, shares.len(), path)?
+                };
                 shares.push(vessel_vm::Share {
                     tag: tag.clone(),
-                    host_path: path.clone(),
+                    host_path,
                     read_only: mount.read_only,
                 });
+                file = name;
                 ("bind", tag, String::new(), false)
             }
             MountSource::Tmpfs { options } => ("tmpfs", String::new(), options.clone(), false),
@@ -447,9 +458,63 @@ fn container_mounts(
             read_only: mount.read_only,
             options,
             populate,
+            file,
         });
     }
     Ok((mounts, locks))
+}
+
+/// Shares a single host file: bind-mounted onto an empty file in a directory of its own
+/// (`<run>/files/<id>/<n>/<name>`), which virtiofsd then serves, so the file's siblings
+/// stay out of the guest. The mount lives in the supervisor's private mount namespace
+/// (see `vessel container supervise`), so it goes with the supervisor.
+fn stage_file(
+    host: &Host,
+    container_id: &str,
+    index: usize,
+    path: &std::path::Path,
+) -> Result<(PathBuf, String), RuntimeError> {
+    let io = |action, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { action, path, source }
+    };
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .ok_or_else(|| RuntimeError::Mount(format!("cannot share {}", path.display())))?;
+    let dir = staged_files(host, container_id).join(index.to_string());
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let placeholder = dir.join(&name);
+    std::fs::write(&placeholder, b"").map_err(io("create", &placeholder))?;
+    nix::mount::mount(
+        Some(path),
+        &placeholder,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|errno| {
+        RuntimeError::Mount(format!("cannot bind {} for sharing: {errno}", path.display()))
+    })?;
+    Ok((dir, name))
+}
+
+/// Unmounts and removes a container's staged files (what a killed supervisor left is only
+/// directories and empty files: its mounts died with its namespace).
+pub fn remove_staged_files(host: &Host, container_id: &str) {
+    let dir = staged_files(host, container_id);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for entry in entries.flatten() {
+        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            let _ = nix::mount::umount2(&file.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where a container's single shared files are staged.
+pub fn staged_files(host: &Host, container_id: &str) -> PathBuf {
+    host.run.join("files").join(crate::container::short_id(container_id))
 }
 
 /// docker's exit code and message for a process that could not start.

@@ -35,6 +35,7 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
         // Whatever a killed supervisor left: its socket and VM directory.
         let _ = std::fs::remove_file(context.host.control_socket(container.id()));
         let _ = std::fs::remove_dir_all(context.host.vm_run_dir(container.short_id()));
+        vessel_runtime::supervisor::remove_staged_files(&context.host, container.id());
         match store(context).remove(&container) {
             Ok(()) if args.volumes => {
                 vessel_runtime::volume::remove_anonymous(&context.host.root, &container)

@@ -23,6 +23,17 @@ pub fn run(args: SuperviseArgs, context: &Context) -> anyhow::Result<ExitCode> {
     // A session of our own: the terminal and process group of whoever started us (and
     // their Ctrl-C) are not ours.
     rustix::process::setsid()?;
+    // A mount namespace of our own, private: what we mount for the VM (a single file to be
+    // shared) is seen by our children only, never leaks to the host, and goes when we do.
+    // Before the runtime starts any thread: unshare refuses a multithreaded caller.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
     let host = vessel_runtime::Host { run: args.run, ..context.host.clone() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ready = || {
