@@ -159,6 +159,35 @@ fn a_bind_mounted_host_directory_is_shared_both_ways() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
     assert_eq!(std::fs::read_to_string(shared.join("from-host")).unwrap(), "hello from the host\n");
 
+    // `:U`: what the container creates belongs to the invoking user (here as if run with
+    // sudo by uid 4321), and that user's files are root's inside.
+    // (The user's own directory, as a project checkout would be.)
+    let project = shared.join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("theirs"), "x").unwrap();
+    for path in [&project, &project.join("theirs")] {
+        std::os::unix::fs::chown(path, Some(4321), Some(4322)).unwrap();
+    }
+    let mapped = format!("{}:/src:U", project.display());
+    let output = root
+        .command(&[
+            "run",
+            "--rm",
+            "-v",
+            &mapped,
+            IMAGE,
+            "sh",
+            "-c",
+            "stat -c %u:%g /src/theirs; echo mine > /src/made-by-u",
+        ])
+        .env("SUDO_UID", "4321")
+        .env("SUDO_GID", "4322")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "0:0\n", "{output:?}");
+    let metadata = std::fs::metadata(project.join("made-by-u")).unwrap();
+    assert_eq!((metadata.uid(), metadata.gid()), (4321, 4322));
+
     // A single file: shared alone (its siblings stay out of the VM), read and written.
     let file = format!("{}:/etc/app.conf", shared.join("from-host").display());
     let out = root.ok(&[

@@ -118,8 +118,8 @@ async fn guest_reads_and_writes_shared_directories_and_sees_nothing_outside_them
     assert!(Path::new("/etc/os-release").exists(), "the host has /etc/os-release");
 
     let shares = vec![
-        Share { tag: "rw".into(), host_path: rw.clone(), read_only: false },
-        Share { tag: "ro".into(), host_path: ro.clone(), read_only: true },
+        Share { tag: "rw".into(), host_path: rw.clone(), read_only: false, owner: None },
+        Share { tag: "ro".into(), host_path: ro.clone(), read_only: true, owner: None },
     ];
     let mut sandbox = boot(state.path(), "virtiofs", shares).await;
     let agent = sandbox.agent();
@@ -267,7 +267,7 @@ async fn virtiofsd_ends_with_a_killed_vm() {
     let state = tempfile::tempdir().unwrap();
     let shared = state.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    let share = Share { tag: "data".into(), host_path: shared, read_only: false };
+    let share = Share { tag: "data".into(), host_path: shared, read_only: false, owner: None };
     let sandbox = boot(state.path(), "virtiofs-kill", vec![share]).await;
     assert_eq!(daemons_under(state.path()).len(), 2, "{:?}", daemons_under(state.path()));
     sandbox.kill().await.unwrap();
@@ -280,8 +280,12 @@ async fn a_missing_host_directory_is_refused_before_anything_starts() {
     let missing = state.path().join("missing");
     let host = Host::new(Some(state.path().join("root")));
     let mut options = SandboxOptions::new(format!("virtiofs-missing-{}", std::process::id()));
-    options.shares =
-        vec![Share { tag: "src".into(), host_path: missing.clone(), read_only: false }];
+    options.shares = vec![Share {
+        tag: "src".into(),
+        host_path: missing.clone(),
+        read_only: false,
+        owner: None,
+    }];
     let err = Sandbox::start(&host, options).await.unwrap_err();
     let message = chain(&err);
     assert!(message.contains(&missing.display().to_string()), "{message}");
@@ -293,7 +297,12 @@ async fn a_missing_host_directory_is_refused_before_anything_starts() {
 
     let mut options = SandboxOptions::new(format!("virtiofs-full-{}", std::process::id()));
     options.shares = (0..7)
-        .map(|i| Share { tag: format!("s{i}"), host_path: state.path().into(), read_only: true })
+        .map(|i| Share {
+            tag: format!("s{i}"),
+            host_path: state.path().into(),
+            read_only: true,
+            owner: None,
+        })
         .collect();
     let err = Sandbox::start(&host, options).await.unwrap_err();
     let message = chain(&err);

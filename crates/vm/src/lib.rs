@@ -76,6 +76,9 @@ pub struct Share {
     pub host_path: PathBuf,
     /// Refused writes on the host side (virtiofsd), whatever the guest mount says.
     pub read_only: bool,
+    /// Map ownership to one host user (uid, gid): whatever the guest creates belongs to it
+    /// on the host, and its files appear in the guest as root's (`-v …:U`).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Everything a backend needs to boot one VM.

@@ -117,6 +117,15 @@ pub fn virtiofsd_args(share: &Share, socket: &Path, nofile: u64) -> Vec<String> 
     if share.read_only {
         args.push("--readonly".into());
     }
+    if let Some((uid, gid)) = share.owner {
+        // Every guest id becomes the owner on the host; the owner is root in the guest.
+        for (flag, id) in [("--translate-uid", uid), ("--translate-gid", gid)] {
+            args.push(flag.into());
+            args.push(format!("squash-guest:0:{id}:4294967295"));
+            args.push(flag.into());
+            args.push(format!("host:{id}:0:1"));
+        }
+    }
     args
 }
 
@@ -137,7 +146,7 @@ mod tests {
     use super::*;
 
     fn share(tag: &str, host_path: &Path, read_only: bool) -> Share {
-        Share { tag: tag.into(), host_path: host_path.to_path_buf(), read_only }
+        Share { tag: tag.into(), host_path: host_path.to_path_buf(), read_only, owner: None }
     }
 
     #[test]

@@ -85,8 +85,14 @@ pub struct MountSpec {
 pub enum MountSource {
     /// A named volume (`anonymous`: made for this container, by `-v /path`).
     Volume { name: String, anonymous: bool },
-    /// A host directory, shared with the VM over virtio-fs.
-    Bind { path: PathBuf },
+    /// A host directory (or file), shared with the VM over virtio-fs; with `owner` (`:U`),
+    /// what the container creates belongs to that host user, whose files the container
+    /// sees as root's.
+    Bind {
+        path: PathBuf,
+        #[serde(default)]
+        owner: Option<(u32, u32)>,
+    },
     /// Memory, with tmpfs options (`size=64m,mode=1777`).
     Tmpfs { options: String },
 }

@@ -17,6 +17,8 @@ pub enum MountRequest {
         path: PathBuf,
         target: String,
         read_only: bool,
+        /// `:U`: ownership to the invoking user.
+        map_owner: bool,
     },
     Tmpfs {
         target: String,
@@ -33,21 +35,28 @@ pub fn parse_volume_flag(text: &str) -> Result<MountRequest, String> {
         [source, target, options] => (Some(*source), *target, *options),
         _ => return Err(format!("invalid volume {text:?} (SOURCE:DEST[:ro], or DEST)")),
     };
-    let mut read_only = false;
+    let (mut read_only, mut map_owner) = (false, false);
     for option in options.split(',').filter(|o| !o.is_empty()) {
         match option {
             "ro" | "readonly" => read_only = true,
             "rw" => read_only = false,
+            // Ownership to the invoking user (bind mounts).
+            "U" => map_owner = true,
             // SELinux relabelling and propagation: nothing to do in a VM of its own.
             "z" | "Z" | "rprivate" | "private" | "shared" | "slave" => {}
-            other => return Err(format!("unknown volume option {other:?} in {text:?} (ro or rw)")),
+            other => {
+                return Err(format!("unknown volume option {other:?} in {text:?} (ro, rw or U)"))
+            }
         }
     }
     let target = absolute_target(target, text)?;
     Ok(match source {
         None => MountRequest::Volume { name: None, target, read_only },
         Some(path) if path.starts_with('/') || path.starts_with('.') || path.starts_with('~') => {
-            MountRequest::Bind { path: PathBuf::from(path), target, read_only }
+            MountRequest::Bind { path: PathBuf::from(path), target, read_only, map_owner }
+        }
+        Some(_) if map_owner => {
+            return Err(format!("{text:?}: U (ownership to the invoking user) is for bind mounts"))
         }
         Some(name) => MountRequest::Volume { name: Some(name.to_string()), target, read_only },
     })
@@ -76,7 +85,12 @@ pub fn parse_mount_flag(text: &str) -> Result<MountRequest, String> {
         "bind" => {
             let path =
                 source.ok_or_else(|| format!("--mount {text:?}: a bind mount needs a source"))?;
-            Ok(MountRequest::Bind { path: PathBuf::from(path), target, read_only })
+            Ok(MountRequest::Bind {
+                path: PathBuf::from(path),
+                target,
+                read_only,
+                map_owner: false,
+            })
         }
         "tmpfs" => Ok(MountRequest::Tmpfs { target, options: tmpfs.join(",") }),
         other => Err(format!("unknown mount type {other:?} (bind, volume or tmpfs)")),
@@ -87,6 +101,17 @@ pub fn parse_mount_flag(text: &str) -> Result<MountRequest, String> {
 pub fn parse_tmpfs_flag(text: &str) -> Result<MountRequest, String> {
     let (target, options) = text.split_once(':').unwrap_or((text, ""));
     Ok(MountRequest::Tmpfs { target: absolute_target(target, text)?, options: options.to_string() })
+}
+
+/// The host user a `:U` bind mount maps to: the one who ran `sudo vessel …`, else the
+/// owner of the shared path.
+fn invoking_user(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let from_env = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let metadata = std::fs::metadata(path).ok();
+    let uid = from_env("SUDO_UID").or(metadata.as_ref().map(|m| m.uid())).unwrap_or(0);
+    let gid = from_env("SUDO_GID").or(metadata.as_ref().map(|m| m.gid())).unwrap_or(0);
+    (uid, gid)
 }
 
 fn absolute_target(target: &str, text: &str) -> Result<String, String> {
@@ -139,13 +164,14 @@ pub fn resolve(root: &Path, requests: Vec<MountRequest>) -> Result<Vec<MountSpec
                     read_only,
                 }
             }
-            MountRequest::Bind { path, target, read_only } => {
+            MountRequest::Bind { path, target, read_only, map_owner } => {
                 let path = std::fs::canonicalize(&path)
                     .map_err(|source| MountError::MissingSource { path: path.clone(), source })?;
                 if !path.is_dir() && !path.is_file() {
                     return Err(MountError::NotADirectory(path));
                 }
-                MountSpec { source: MountSource::Bind { path }, target, read_only }
+                let owner = map_owner.then(|| invoking_user(&path));
+                MountSpec { source: MountSource::Bind { path, owner }, target, read_only }
             }
             MountRequest::Tmpfs { target, options } => {
                 MountSpec { source: MountSource::Tmpfs { options }, target, read_only: false }
@@ -174,7 +200,8 @@ mod tests {
             MountRequest::Bind {
                 path: "/srv/site".into(),
                 target: "/usr/share/www".into(),
-                read_only: true
+                read_only: true,
+                map_owner: false,
             }
         );
         assert_eq!(
@@ -183,6 +210,11 @@ mod tests {
         );
         assert!(parse_volume_flag("data:relative").is_err());
         assert!(parse_volume_flag("data:/x:bogus").is_err());
+        assert!(parse_volume_flag("data:/x:U").is_err(), "U is for bind mounts");
+        assert!(matches!(
+            parse_volume_flag("./src:/src:U"),
+            Ok(MountRequest::Bind { map_owner: true, .. })
+        ));
         assert!(parse_volume_flag("data:/").is_err());
         assert_eq!(
             parse_mount_flag("type=tmpfs,target=/run,tmpfs-size=1m").unwrap(),
@@ -190,7 +222,12 @@ mod tests {
         );
         assert_eq!(
             parse_mount_flag("type=bind,src=/a,dst=/b,readonly").unwrap(),
-            MountRequest::Bind { path: "/a".into(), target: "/b".into(), read_only: true }
+            MountRequest::Bind {
+                path: "/a".into(),
+                target: "/b".into(),
+                read_only: true,
+                map_owner: false
+            }
         );
         assert_eq!(
             parse_tmpfs_flag("/scratch:size=8m,mode=700").unwrap(),

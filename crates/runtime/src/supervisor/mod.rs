@@ -432,7 +432,7 @@ fn container_mounts(
                 let device = format!("/dev/vd{}", char::from(b'a' + (disks.len() - 1) as u8));
                 ("volume", device, String::new(), true)
             }
-            MountSource::Bind { path } => {
+            MountSource::Bind { path, owner } => {
                 // One virtio-fs share per bind mount; virtiofsd enforces read-only too. A
                 // single file is shared through a directory of its own holding only it.
                 let tag = format!("share{}", shares.len());
@@ -445,6 +445,7 @@ fn container_mounts(
                     tag: tag.clone(),
                     host_path,
                     read_only: mount.read_only,
+                    owner: *owner,
                 });
                 file = name;
                 ("bind", tag, String::new(), false)

@@ -209,6 +209,7 @@ mod tests {
                     tag: format!("share{i}"),
                     host_path: PathBuf::from(format!("/s{i}")),
                     read_only: i == 1,
+                    owner: None,
                 })
                 .collect(),
             run_dir: "/run/x".into(),

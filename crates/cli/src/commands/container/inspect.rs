@@ -94,7 +94,7 @@ fn json(container: &Container) -> serde_json::Value {
             use vessel_runtime::container::MountSource;
             let (kind, name, source) = match &mount.source {
                 MountSource::Volume { name, .. } => ("volume", name.clone(), String::new()),
-                MountSource::Bind { path } => ("bind", String::new(), path.display().to_string()),
+                MountSource::Bind { path, .. } => ("bind", String::new(), path.display().to_string()),
                 MountSource::Tmpfs { options } => ("tmpfs", String::new(), options.clone()),
             };
             serde_json::json!({
