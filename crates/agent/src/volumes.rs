@@ -99,14 +99,19 @@ fn target_in(rootfs: &Path, target: &str, is_file: bool) -> Result<PathBuf, Stat
     Ok(path)
 }
 
-/// Copies the image's files at a mount target into a fresh volume, owners and modes kept.
+/// Copies the image's files at a mount target into a fresh volume, owners and modes kept,
+/// streamed through a pipe (the guest's memory is the container's limit, not the tree's
+/// size).
 fn copy_up(from: &Path, to: &Path) -> Result<(), Status> {
-    let mut archive = Vec::new();
-    vessel_archive::write_path(&from.join("."), &mut archive)
-        .map_err(|err| Status::internal(format!("cannot read {}: {err}", from.display())))?;
+    let (reader, writer) = std::io::pipe().map_err(|err| io_status("make a pipe for", to, err))?;
+    let source = from.join(".");
+    let archiver = std::thread::spawn(move || vessel_archive::write_path(&source, writer));
     let options = vessel_archive::ExtractOptions { preserve_owner: true, keep_setid: true };
-    vessel_archive::extract(archive.as_slice(), to, &options)
-        .map_err(|err| Status::internal(format!("cannot fill the volume: {err}")))
+    let extracted = vessel_archive::extract(reader, to, &options);
+    let archived =
+        archiver.join().map_err(|_| Status::internal("the archiving thread panicked"))?;
+    archived.map_err(|err| Status::internal(format!("cannot read {}: {err}", from.display())))?;
+    extracted.map_err(|err| Status::internal(format!("cannot fill the volume: {err}")))
 }
 
 fn is_empty(dir: &Path) -> bool {

@@ -335,6 +335,9 @@ fn limits_and_privileges_apply_to_every_process() {
         "100\n200\nCapEff:\t0000000000001000\nCapBnd:\t0000000000001000\nNoNewPrivs:\t1\n";
     assert_eq!(root.ok(&["exec", "locked", "sh", "-c", script]), expected);
     root.ok(&["rm", "-f", "locked"]);
+    // As docker: --entrypoint replaces the image's CMD as well; "" clears it.
+    assert_eq!(root.ok(&["run", "--rm", "--entrypoint", "echo", IMAGE]), "\n");
+    assert_eq!(root.ok(&["run", "--rm", "--entrypoint", "", IMAGE, "echo", "only"]), "only\n");
     let output = root.run(&["run", "--rm", "--ulimit", "nofile=9:1", IMAGE, "true"]);
     assert_eq!(output.status.code(), Some(125), "a soft limit above the hard one is refused");
     assert_nothing_running(&root);

@@ -98,8 +98,15 @@ fn bad_mount_sources_fail_before_anything_runs() {
     let output = root.run(&["run", "--rm", "-v", "data:relative", IMAGE, "true"]);
     assert_eq!(output.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&output.stderr).contains("absolute path"));
+    let output = root.run(&["run", "--rm", "-v", "data:/a", "-v", "data:/b", IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("mounted twice"));
+    // An anonymous volume made before a later mount failed is not left behind.
+    let output = root.run(&["run", "--rm", "-v", "/cache", "-v", "/no/such/dir:/x", IMAGE, "true"]);
+    assert_eq!(output.status.code(), Some(125));
     assert!(root.ok(&["ps", "-a", "-q"]).is_empty());
-    assert!(root.ok(&["volume", "ls", "-q"]).is_empty());
+    let volumes = root.ok(&["volume", "ls", "-q"]);
+    assert_eq!(volumes, "data\n", "only the named volume stays");
 }
 
 /// A host directory bind-mounted over virtio-fs: the container reads it and writes to it,

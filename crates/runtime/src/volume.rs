@@ -198,9 +198,26 @@ impl VolumeStore {
                 container: user.config.name.clone(),
             });
         }
-        let doomed = self.dir.join(format!(".removing-{name}"));
+        let doomed = self.dir.join(format!(".removing-{name}-{}", crate::time::now_nanos()));
         std::fs::rename(&volume.dir, &doomed).map_err(io("remove", &volume.dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
+        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
+        self.remove_leftovers();
+        Ok(())
+    }
+
+    /// What a crash left: half-removed volumes, and half-created ones older than a minute.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60);
+            if name.starts_with(".removing-") || (name.starts_with(".creating-") && old) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

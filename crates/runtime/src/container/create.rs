@@ -63,10 +63,17 @@ pub enum CreateError {
 pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateError> {
     let prepared = vessel_image::snapshot::prepare(&host.root, &options.image)?;
     let config = &prepared.config;
-    let args = command_line(
-        options.entrypoint.clone().or_else(|| config.entrypoint().clone()),
-        if options.command.is_empty() { config.cmd().clone() } else { Some(options.command) },
-    )?;
+    // As docker: a given ENTRYPOINT replaces the image's CMD too (only the command given
+    // after the image follows it).
+    let cmd = if !options.command.is_empty() {
+        Some(options.command)
+    } else if options.entrypoint.is_some() {
+        None
+    } else {
+        config.cmd().clone()
+    };
+    let args =
+        command_line(options.entrypoint.clone().or_else(|| config.entrypoint().clone()), cmd)?;
     let stop_signal = options
         .stop_signal
         .or_else(|| config.stop_signal().clone())

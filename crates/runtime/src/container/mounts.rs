@@ -137,6 +137,8 @@ pub enum MountError {
     NotADirectory(PathBuf),
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
+    #[error("volume {0} is mounted twice: a volume is a disk, mount it once")]
+    VolumeTwice(String),
 }
 
 /// Turns requests into mounts: named volumes made on first use, anonymous ones made now,
@@ -144,6 +146,23 @@ pub enum MountError {
 pub fn resolve(root: &Path, requests: Vec<MountRequest>) -> Result<Vec<MountSpec>, MountError> {
     let volumes = crate::volume::VolumeStore::new(root);
     let mut mounts = Vec::new();
+    let result = resolve_into(&volumes, requests, &mut mounts);
+    if result.is_err() {
+        // Made for this container only, which will not be.
+        for mount in &mounts {
+            if let MountSource::Volume { name, anonymous: true } = &mount.source {
+                let _ = volumes.remove(name);
+            }
+        }
+    }
+    result.map(|()| mounts)
+}
+
+fn resolve_into(
+    volumes: &crate::volume::VolumeStore,
+    requests: Vec<MountRequest>,
+    mounts: &mut Vec<MountSpec>,
+) -> Result<(), MountError> {
     for request in requests {
         mounts.push(match request {
             MountRequest::Volume { name: Some(name), target, read_only } => {
@@ -178,7 +197,12 @@ pub fn resolve(root: &Path, requests: Vec<MountRequest>) -> Result<Vec<MountSpec
             }
         });
     }
-    Ok(mounts)
+    let mut names: Vec<&str> = mounts.iter().filter_map(MountSpec::volume_name).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(MountError::VolumeTwice(pair[0].to_string()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub enum StoreError {
     #[error("no such container: {0}")]
     NotFound(String),
+    #[error("container {0} is running (stop it first, or use rm -f)")]
+    Running(String),
     #[error("{query:?} matches several containers ({}); give more of the id", matches.join(", "))]
     Ambiguous { query: String, matches: Vec<String> },
     #[error("the container name {name:?} is already in use by container {id} (remove it, or pick another name)")]
@@ -136,6 +138,13 @@ impl ContainerStore {
         if container.is_running()
             && !container.state.supervisor.is_some_and(|supervisor| supervisor.is_alive())
         {
+            // It may have recorded the end and exited between our read and the check: a
+            // dead process writes no more, so this second read settles it.
+            let again: ContainerState = read_json(&container.dir.join(STATE_FILE))?;
+            if again != container.state {
+                container.state = again;
+                return Ok(container);
+            }
             let pid = container.state.supervisor.map_or(0, |s| s.pid);
             container.state = ContainerState {
                 status: Status::Exited,
@@ -162,6 +171,20 @@ impl ContainerStore {
     /// Removes a container's directory and frees its name. The caller makes sure it is
     /// not running.
     pub fn remove(&self, container: &Container) -> Result<(), StoreError> {
+        // A supervisor holds this lock for its whole life (even before it records
+        // `running`): never pull a container from under one.
+        let lock_path = container.dir.join(crate::supervisor::SUPERVISOR_LOCK);
+        if let Ok(lock) = std::fs::File::open(&lock_path) {
+            if lock.try_lock().is_err() {
+                return Err(StoreError::Running(container.config.name.clone()));
+            }
+        }
+        self.remove_held(container)
+    }
+
+    /// Removes a container whose supervisor lock the caller holds (its own supervisor, for
+    /// `--rm`).
+    pub(crate) fn remove_held(&self, container: &Container) -> Result<(), StoreError> {
         // Renamed first so that a crash midway never leaves a half-removed container in
         // `ls`; the leftover dot-directory is cleaned by the next removal.
         let doomed = self.dir.join(format!(".removing-{}", container.id()));
@@ -227,25 +250,43 @@ impl ContainerStore {
         (is_id(owner) && self.dir.join(owner).is_dir()).then(|| owner.to_string())
     }
 
+    /// Claims `name` for `id`: the claim is written whole under a temporary name, then
+    /// hard-linked into place (which fails if the name exists), so no reader ever sees an
+    /// empty claim and two creators never both win.
     fn claim_name(&self, name: &str, id: &str) -> Result<(), StoreError> {
-        use std::io::Write;
         let path = self.names.join(name);
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    return file.write_all(id.as_bytes()).map_err(io("write", &path));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if let Some(owner) = self.name_owner(name) {
-                        return Err(StoreError::NameInUse { name: name.to_string(), id: owner });
+        let temporary = self.names.join(format!(".claim-{id}"));
+        std::fs::write(&temporary, id).map_err(io("write", &temporary))?;
+        let result = (|| {
+            for _ in 0..2 {
+                match std::fs::hard_link(&temporary, &path) {
+                    Ok(()) => return Ok(()),
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if let Some(owner) = self.name_owner(name) {
+                            return Err(StoreError::NameInUse {
+                                name: name.to_string(),
+                                id: owner,
+                            });
+                        }
+                        // Left by a container that no longer exists.
+                        let _ = std::fs::remove_file(&path);
                     }
-                    // Left by a container that no longer exists.
-                    let _ = std::fs::remove_file(&path);
+                    Err(err) => {
+                        return Err(StoreError::Io {
+                            action: "create",
+                            path: path.clone(),
+                            source: err,
+                        })
+                    }
                 }
-                Err(err) => return Err(StoreError::Io { action: "create", path, source: err }),
             }
-        }
-        Err(StoreError::NameInUse { name: name.to_string(), id: String::from("(being created)") })
+            Err(StoreError::NameInUse {
+                name: name.to_string(),
+                id: String::from("(being created)"),
+            })
+        })();
+        let _ = std::fs::remove_file(&temporary);
+        result
     }
 
     fn unused_name(&self) -> String {

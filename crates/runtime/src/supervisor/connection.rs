@@ -22,12 +22,17 @@ pub(super) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(err) = handle(stream, shared).await {
-                tracing::debug!(error = %err, "control connection ended with an error");
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                if let Err(err) = handle(stream, shared).await {
+                    tracing::debug!(error = %err, "control connection ended with an error");
+                }
             }
         });
+        let mut connections = shared.connections.lock().expect("not poisoned");
+        connections.retain(|task| !task.is_finished());
+        connections.push(task);
     }
 }
 
@@ -349,7 +354,7 @@ async fn copy_out(
     if let Err(failure) = shared.started().await {
         return protocol::write_json(&mut writer, &failure).await;
     }
-    let (archive_end, mut our_end) = tokio::io::duplex(64 * 1024);
+    let (archive_end, our_end) = tokio::io::duplex(64 * 1024);
     let copy = async {
         let mut sandbox = shared.sandbox.lock().await;
         match sandbox.as_mut() {
@@ -357,13 +362,19 @@ async fn copy_out(
             None => Err(crate::RuntimeError::AgentConnect(std::io::ErrorKind::NotConnected.into())),
         }
     };
-    let forward = async {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let read = our_end.read(&mut buffer).await?;
-            protocol::write_frame(&mut writer, protocol::STDOUT, &buffer[..read]).await?;
-            if read == 0 {
-                return Ok::<_, protocol::ProtocolError>(());
+    // It owns the reading end: if the client goes, dropping it fails the agent's copy
+    // instead of leaving it blocked (holding the sandbox) on a full pipe.
+    let forward = {
+        let writer = &mut writer;
+        async move {
+            let mut our_end = our_end;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let read = our_end.read(&mut buffer).await?;
+                protocol::write_frame(writer, protocol::STDOUT, &buffer[..read]).await?;
+                if read == 0 {
+                    return Ok::<_, protocol::ProtocolError>(());
+                }
             }
         }
     };
@@ -403,10 +414,9 @@ async fn copy_in(
             if payload.is_empty() {
                 break;
             }
-            // The agent stopped reading (it failed): its answer says why.
-            if our_end.write_all(&payload).await.is_err() {
-                break;
-            }
+            // The agent stopped reading (it failed): keep draining the client's frames, so
+            // it can finish sending and read the answer that says why.
+            let _ = our_end.write_all(&payload).await;
         }
         let _ = our_end.shutdown().await;
         Ok(())

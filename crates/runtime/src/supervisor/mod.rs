@@ -84,6 +84,11 @@ struct Shared {
     stdin: Mutex<Option<tokio::io::DuplexStream>>,
     /// Its reading end, until the main process takes it.
     main_stdin: Mutex<Option<tokio::io::DuplexStream>>,
+    /// The VMM's pid once booted: the last resort when the guest stops answering.
+    vm_pid: std::sync::OnceLock<u32>,
+    /// Connection tasks, awaited (bounded) before the supervisor exits so that attached
+    /// clients get all their output and the exit.
+    connections: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The container's volumes, locked while it runs.
     volume_locks: std::sync::Mutex<Vec<std::fs::File>>,
     /// The main process's terminal size, as the last attached client asked for it.
@@ -198,6 +203,8 @@ pub async fn run(
         attach_count: watch::channel(0).0,
         stdin: Mutex::new(stdin_writer),
         main_stdin: Mutex::new(stdin_reader),
+        vm_pid: Default::default(),
+        connections: Default::default(),
         volume_locks: Default::default(),
         terminal_size: std::sync::Mutex::new((24, 80)),
         next_exec: Default::default(),
@@ -218,7 +225,16 @@ pub async fn run(
     // Power off (the guest flushes its disks), then record the end. A `--rm` container's
     // disk is about to go, so its VM is simply ended (that is on `run --rm`'s critical
     // path) unless it mounts volumes or host directories, whose writes must land.
-    let vm_exit = match shared.sandbox.lock().await.take() {
+    let sandbox = match tokio::time::timeout(SANDBOX_WAIT, shared.sandbox.lock()).await {
+        Ok(mut sandbox) => sandbox.take(),
+        // A connection (a stalled `cp`) holds it: end the VM under it, which fails that
+        // connection's work and frees the sandbox.
+        Err(_) => {
+            kill_vm(&shared);
+            shared.sandbox.lock().await.take()
+        }
+    };
+    let vm_exit = match sandbox {
         Some(sandbox) if container.config.auto_remove && container.config.mounts.is_empty() => {
             sandbox.kill().await.map(|s| s.exit)
         }
@@ -230,6 +246,8 @@ pub async fn run(
         Err(err) => tracing::warn!(error = %err, "the VM did not stop cleanly"),
     }
     remove_staged_files(host, container.id());
+    // The disks are free: the next container may take the volumes at once.
+    shared.volume_locks.lock().expect("not poisoned").clear();
     container.state.status = Status::Exited;
     container.state.supervisor = None;
     container.state.finished_at = Some(crate::time::now_nanos());
@@ -245,14 +263,16 @@ pub async fn run(
     }
     shared.attached.lock().expect("not poisoned").clear();
     stop_on_signal.abort();
-    // Let the connections waiting for the end (stop, wait) write their replies: they are
-    // woken now and need only a turn each.
-    for _ in 0..16 {
-        tokio::task::yield_now().await;
-    }
+    // No new clients; those connected get their last output, replies and the exit (a slow
+    // reader of a long output included, within reason).
     server.abort();
+    let connections = std::mem::take(&mut *shared.connections.lock().expect("not poisoned"));
+    let finish = futures_join_all(connections);
+    if tokio::time::timeout(CONNECTIONS_WAIT, finish).await.is_err() {
+        tracing::warn!("connections still open after {CONNECTIONS_WAIT:?}; leaving them");
+    }
     if container.config.auto_remove {
-        store.remove(&container)?;
+        store.remove_held(&container)?;
         crate::volume::remove_anonymous(&host.root, &container);
     }
     Ok(())
@@ -274,6 +294,9 @@ async fn run_main(
         .map_err(|err| fail(EXIT_START_FAILED, error_chain(&err)))?;
     *shared.volume_locks.lock().expect("not poisoned") = volume_locks;
     let _ = shared.agent.set(sandbox.agent().clone());
+    if let Some(pid) = vessel_vm::Vm::pid(sandbox.vm()) {
+        let _ = shared.vm_pid.set(pid);
+    }
     tracing::info!(after = ?sandbox.started.elapsed(), "VM booted, container set up");
 
     let mut relays = Vec::new();
@@ -350,8 +373,33 @@ fn security(config: &crate::container::ContainerConfig) -> ProcessSpec {
     }
 }
 
+/// How long the end waits for a connection that holds the VM (a `cp`) before ending the
+/// VM under it.
+const SANDBOX_WAIT: Duration = Duration::from_secs(10);
+/// How long clients get to read what is left for them once the container has ended.
+const CONNECTIONS_WAIT: Duration = Duration::from_secs(60);
+
+/// Awaits every task (their results do not matter here).
+async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Ends the VM at once (SIGKILL to the VMM): for a guest that no longer answers. The main
+/// process's wait then fails, and the container is recorded as lost, with the reason.
+fn kill_vm(shared: &Shared) {
+    if let Some(pid) = shared.vm_pid.get() {
+        tracing::warn!(pid, "killing the VM");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// A file in the container's directory the supervisor keeps locked while it runs.
-const SUPERVISOR_LOCK: &str = "supervisor.lock";
+pub(crate) const SUPERVISOR_LOCK: &str = "supervisor.lock";
 
 /// The VM with the container's disks, and the container set up in it.
 async fn boot(
@@ -584,15 +632,22 @@ async fn stop(shared: &Shared, signal: i32, timeout: Duration) {
     if shared.exit.borrow().is_some() {
         return;
     }
-    let _ = agent.signal_process(MAIN_PROCESS, signal).await;
+    let _ = tokio::time::timeout(KILL_WAIT, agent.signal_process(MAIN_PROCESS, signal)).await;
     if tokio::time::timeout(timeout, shared.exited()).await.is_err() {
         tracing::info!(?timeout, "the container did not stop in time; killing it");
-        let _ = agent.signal_process(MAIN_PROCESS, SIGKILL).await;
+        let kill = agent.signal_process(MAIN_PROCESS, SIGKILL);
+        let _ = tokio::time::timeout(KILL_WAIT, kill).await;
+        if tokio::time::timeout(KILL_WAIT, shared.exited()).await.is_err() {
+            // The guest does not answer (thrashing at its memory limit, say).
+            kill_vm(shared);
+        }
     }
     shared.exited().await;
 }
 
 const SIGKILL: i32 = 9;
+/// How long a SIGKILL may take to end the container before its VM is ended instead.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A signal by name (`SIGTERM`, `TERM`, `term`) or number.
 pub fn parse_signal(text: &str) -> Option<i32> {

@@ -137,7 +137,14 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         image: flags.image,
         name: flags.name,
         command: flags.command,
-        entrypoint: flags.entrypoint.map(|entrypoint| vec![entrypoint]),
+        // `--entrypoint ""` clears the image's.
+        entrypoint: flags.entrypoint.map(|entrypoint| {
+            if entrypoint.is_empty() {
+                Vec::new()
+            } else {
+                vec![entrypoint]
+            }
+        }),
         env,
         workdir: flags.workdir,
         user: flags.user,

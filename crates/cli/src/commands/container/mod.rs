@@ -222,6 +222,43 @@ fn exit_code(end: &SessionEnd) -> ExitCode {
     }
 }
 
+/// Stops a running container and waits for its supervisor to be gone: through the
+/// supervisor when it answers in time (it signals, kills after `timeout_secs`, powers the
+/// VM off and records the end), else by killing the supervisor, whose VM dies with it.
+fn stop_container(
+    context: &Context,
+    container: &Container,
+    signal: i32,
+    timeout_secs: u32,
+) -> anyhow::Result<()> {
+    use std::time::Duration;
+    // The supervisor's own deadline, then some: past it, it is not answering.
+    let patience = Duration::from_secs(u64::from(timeout_secs) + 20);
+    let request = Request::Stop { signal, timeout_secs };
+    let answered = block_on(async {
+        tokio::time::timeout(patience, client::request(&context.host, container, &request)).await
+    })?;
+    let supervisor = container.state.supervisor;
+    if matches!(answered, Ok(Ok(_)) | Ok(Err(client::ClientError::NotRunning(_))))
+        && wait_for_exit(supervisor, Duration::from_secs(30))
+    {
+        return Ok(());
+    }
+    if let Some(supervisor) = supervisor.filter(|s| s.is_alive()) {
+        eprintln!(
+            "vessel: the supervisor of {} does not answer; killing it",
+            container.config.name
+        );
+        let pid = rustix::process::Pid::from_raw(supervisor.pid as i32)
+            .ok_or_else(|| anyhow::anyhow!("invalid supervisor pid {}", supervisor.pid))?;
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    if !wait_for_exit(supervisor, Duration::from_secs(10)) {
+        anyhow::bail!("the supervisor of container {} does not end", container.config.name);
+    }
+    Ok(())
+}
+
 /// Waits (up to `timeout`) for a supervisor process to be gone, so that what follows
 /// (`rm`, a new `start`, the caller's next command) never races its last steps.
 fn wait_for_exit(supervisor: Option<ProcessRef>, timeout: std::time::Duration) -> bool {

@@ -1,12 +1,9 @@
 //! `vessel rm`: remove containers (running ones only with `-f`, which kills them first).
 
-use super::{block_on, find, store, wait_for_exit};
+use super::{find, store};
 use crate::Context;
 use std::process::ExitCode;
-use std::time::Duration;
 use vessel_runtime::container::StoreError;
-use vessel_runtime::supervisor::client;
-use vessel_runtime::supervisor::protocol::Request;
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
@@ -30,13 +27,21 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
                     "cannot remove container {query}: it is running (stop it first, or use -f)"
                 );
             }
-            kill(context, &container)?;
+            super::stop_container(context, &container, 9, 0)?;
         }
         // Whatever a killed supervisor left: its socket and VM directory.
         let _ = std::fs::remove_file(context.host.control_socket(container.id()));
         let _ = std::fs::remove_dir_all(context.host.vm_run_dir(container.short_id()));
         vessel_runtime::supervisor::remove_staged_files(&context.host, container.id());
-        match store(context).remove(&container) {
+        // A supervisor that has just recorded the end may still be finishing: give it time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut removed = store(context).remove(&container);
+        while matches!(removed, Err(StoreError::Running(_))) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            removed = store(context).remove(&container);
+        }
+        match removed {
             Ok(()) if args.volumes => {
                 vessel_runtime::volume::remove_anonymous(&context.host.root, &container)
             }
@@ -47,25 +52,4 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
         outln!("{query}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Kills a running container and waits for its supervisor to be gone: through the
-/// supervisor when it answers (it powers the VM off and records the end), else by killing
-/// the supervisor, whose VM dies with it.
-fn kill(context: &Context, container: &vessel_runtime::container::Container) -> anyhow::Result<()> {
-    let request = Request::Stop { signal: 9, timeout_secs: 0 };
-    let answered = block_on(client::request(&context.host, container, &request))?.is_ok();
-    let supervisor = container.state.supervisor;
-    if answered && wait_for_exit(supervisor, Duration::from_secs(30)) {
-        return Ok(());
-    }
-    if let Some(supervisor) = supervisor.filter(|s| s.is_alive()) {
-        let pid = rustix::process::Pid::from_raw(supervisor.pid as i32)
-            .ok_or_else(|| anyhow::anyhow!("invalid supervisor pid {}", supervisor.pid))?;
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-    if !wait_for_exit(supervisor, Duration::from_secs(10)) {
-        anyhow::bail!("the supervisor of container {} does not end", container.config.name);
-    }
-    Ok(())
 }

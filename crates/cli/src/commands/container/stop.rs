@@ -1,12 +1,10 @@
 //! `vessel stop`: the stop signal, then SIGKILL after a timeout; returns once each
 //! container has ended and its supervisor is gone.
 
-use super::{block_on, find, wait_for_exit};
+use super::find;
 use crate::Context;
 use std::process::ExitCode;
-use std::time::Duration;
-use vessel_runtime::supervisor::protocol::Request;
-use vessel_runtime::supervisor::{client, parse_signal};
+use vessel_runtime::supervisor::parse_signal;
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
@@ -30,12 +28,7 @@ pub fn run(args: StopArgs, context: &Context) -> anyhow::Result<ExitCode> {
             let signal = parse_signal(name)
                 .ok_or_else(|| anyhow::anyhow!("invalid signal {name:?} (try SIGTERM or 15)"))?;
             let timeout_secs = args.time.unwrap_or(config.stop_timeout);
-            let request = Request::Stop { signal, timeout_secs };
-            match block_on(client::request(&context.host, &container, &request))? {
-                Ok(_) | Err(client::ClientError::NotRunning(_)) => {}
-                Err(err) => return Err(err.into()),
-            }
-            wait_for_exit(container.state.supervisor, Duration::from_secs(30));
+            super::stop_container(context, &container, signal, timeout_secs)?;
         }
         outln!("{query}");
     }
