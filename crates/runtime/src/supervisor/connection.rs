@@ -108,6 +108,13 @@ async fn attach(
     }
     shared.attached.lock().expect("not poisoned").push(frames.clone());
     shared.attach_count.send_modify(|count| *count += 1);
+    let started = matches!(*shared.main.borrow(), super::MainState::Started(_));
+    if let Some(exit) = shared.exit.borrow().filter(|_| started) {
+        // The end was published between our check and joining the list: it may have
+        // missed us. (A second `Exited` is harmless: clients stop at the first.)
+        let exited = Event::Exited { code: exit.code, signal: exit.signal };
+        let _ = frames.try_send(Outgoing::Event(exited));
+    }
     // The start (or failure) comes first, then output, then the exit (sent by the
     // supervisor after the last output, on the same channel).
     let announce = {
