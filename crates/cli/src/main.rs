@@ -63,21 +63,8 @@ fn main() -> ExitCode {
     match commands::run(cli.command, &context) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("vessel: {}", error_chain(&err));
+            eprintln!("vessel: {}", vessel_runtime::error_chain(err.as_ref()));
             ExitCode::from(EXIT_VESSEL_FAILED)
         }
     }
-}
-
-/// `outer: inner: innermost`, each cause once.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut message = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
 }

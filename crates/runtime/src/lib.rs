@@ -48,6 +48,22 @@ pub enum RuntimeError {
     Mount(String),
 }
 
+/// `outer: inner: innermost`, each cause once (a message that already quotes its cause
+/// does not repeat it).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 fn boot_log_excerpt(log: &str) -> String {
     if log.trim().is_empty() {
         String::from(" (the guest printed nothing)")

@@ -201,23 +201,8 @@ impl VolumeStore {
         let doomed = self.dir.join(format!(".removing-{name}-{}", crate::time::now_nanos()));
         std::fs::rename(&volume.dir, &doomed).map_err(io("remove", &volume.dir))?;
         std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
-        self.remove_leftovers();
+        crate::container::remove_leftovers(&self.dir);
         Ok(())
-    }
-
-    /// What a crash left: half-removed volumes, and half-created ones older than a minute.
-    fn remove_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60);
-            if name.starts_with(".removing-") || (name.starts_with(".creating-") && old) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
     }
 }
 
@@ -234,13 +219,9 @@ pub fn remove_anonymous(root: &Path, container: &crate::container::Container) {
     }
 }
 
-/// docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*` (anonymous volumes: 64 hex).
+/// A volume's name: docker's rule for names, or 64 hex digits (anonymous volumes).
 pub fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    (bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && name.len() <= 128)
-        || is_id(name)
+    crate::container::valid_name(name) || is_id(name)
 }
 
 #[cfg(test)]

@@ -257,6 +257,47 @@ pub fn new_id() -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// docker's rule for container and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most
+/// 128 bytes (so a name is always a safe file name).
+pub fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name.len() <= 128
+}
+
+/// Removes what a crash left in a store directory: `.removing-*` entries, and `.creating-*`
+/// ones older than a minute (a younger one may be a creation in progress).
+pub(crate) fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60)
+        };
+        if name.starts_with(".removing-") || (name.starts_with(".creating-") && old()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes a container that is not running and, with `volumes`, its anonymous volumes;
+/// then what a killed supervisor may have left on the host (its control socket, VM
+/// directory and staged files). A container removed meanwhile (`--rm`) is `NotFound`.
+pub fn remove(host: &crate::Host, container: &Container, volumes: bool) -> Result<(), StoreError> {
+    ContainerStore::new(&host.root).remove(container)?;
+    if volumes {
+        crate::volume::remove_anonymous(&host.root, container);
+    }
+    let _ = std::fs::remove_file(host.control_socket(container.id()));
+    let _ = std::fs::remove_dir_all(host.vm_run_dir(container.short_id()));
+    crate::supervisor::remove_staged_files(host, container.id());
+    Ok(())
+}
+
 /// True for the ids `new_id` makes.
 pub fn is_id(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

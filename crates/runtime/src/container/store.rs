@@ -6,8 +6,8 @@
 //! any step leaves either nothing visible or a complete container.
 
 use super::{
-    is_id, write_json_atomically, Container, ContainerConfig, ContainerState, Status, CONFIG_FILE,
-    STATE_FILE,
+    is_id, valid_name, write_json_atomically, Container, ContainerConfig, ContainerState, Status,
+    CONFIG_FILE, STATE_FILE,
 };
 use std::path::{Path, PathBuf};
 
@@ -200,29 +200,8 @@ impl ContainerStore {
             let _ = std::fs::remove_file(&name);
         }
         std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?;
-        self.remove_leftovers();
+        super::remove_leftovers(&self.dir);
         Ok(())
-    }
-
-    /// Directories a crash left half-created or half-removed.
-    fn remove_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) =
-                name.strip_prefix(".removing-").or_else(|| name.strip_prefix(".creating-"))
-            else {
-                continue;
-            };
-            // A creation in progress is younger than a minute; leave it be.
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60);
-            if name.starts_with(".removing-") || (old && is_id(id)) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
     }
 
     fn ids(&self) -> Result<Vec<String>, StoreError> {
@@ -301,14 +280,6 @@ impl ContainerStore {
 
 /// The exit code recorded for a container whose end vessel could not observe.
 pub const EXIT_LOST: i32 = 255;
-
-/// docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && name.len() <= 128
-}
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
     let bytes = std::fs::read(path).map_err(io("read", path))?;

@@ -84,7 +84,7 @@ async fn signal_main(shared: &Shared, signal: i32) -> Event {
     };
     match agent.signal_process(MAIN_PROCESS, signal).await {
         Ok(()) => Event::Done,
-        Err(err) => Event::Error { message: super::error_chain(&err) },
+        Err(err) => Event::Error { message: crate::error_chain(&err) },
     }
 }
 
@@ -318,7 +318,7 @@ async fn exec(
         }
         let event = match exit {
             Ok(exit) => Event::Exited { code: exit.code, signal: exit.signal },
-            Err(err) => Event::Error { message: super::error_chain(&err) },
+            Err(err) => Event::Error { message: crate::error_chain(&err) },
         };
         let _ = frames.send(Outgoing::Event(event)).await;
     });
@@ -347,7 +347,7 @@ async fn stats(shared: &Shared) -> Event {
             block_read_bytes: stats.block_read_bytes,
             block_write_bytes: stats.block_write_bytes,
         }),
-        Err(err) => Event::Error { message: super::error_chain(&err) },
+        Err(err) => Event::Error { message: crate::error_chain(&err) },
     }
 }
 
@@ -441,6 +441,6 @@ async fn copy_in(
 fn copy_error(err: &crate::RuntimeError) -> String {
     match err {
         crate::RuntimeError::AgentCall { status, .. } => status.message().to_string(),
-        other => super::error_chain(other),
+        other => crate::error_chain(other),
     }
 }

@@ -291,7 +291,7 @@ async fn run_main(
     let config = &shared.container.config;
     let (mut sandbox, volume_locks) = boot(host, &shared.container)
         .await
-        .map_err(|err| fail(EXIT_START_FAILED, error_chain(&err)))?;
+        .map_err(|err| fail(EXIT_START_FAILED, crate::error_chain(&err)))?;
     *shared.volume_locks.lock().expect("not poisoned") = volume_locks;
     let _ = shared.agent.set(sandbox.agent().clone());
     if let Some(pid) = vessel_vm::Vm::pid(sandbox.vm()) {
@@ -347,7 +347,7 @@ async fn run_main(
     exit.map_err(|err| {
         (
             ProcessExit { code: crate::container::EXIT_LOST, signal: None },
-            Some(format!("lost the container's main process: {}", error_chain(&err))),
+            Some(format!("lost the container's main process: {}", crate::error_chain(&err))),
         )
     })
 }
@@ -577,7 +577,7 @@ fn start_failure(err: &RuntimeError) -> (i32, String) {
             },
             status.message().to_string(),
         ),
-        other => (EXIT_START_FAILED, error_chain(other)),
+        other => (EXIT_START_FAILED, crate::error_chain(other)),
     }
 }
 
@@ -688,21 +688,6 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// `outer: inner: innermost`.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message.push_str(": ");
-            message.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

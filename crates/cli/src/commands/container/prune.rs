@@ -4,6 +4,7 @@ use super::store;
 use crate::Context;
 use std::io::BufRead;
 use std::process::ExitCode;
+use vessel_runtime::container::StoreError;
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
@@ -28,7 +29,12 @@ pub fn run(args: PruneArgs, context: &Context) -> anyhow::Result<ExitCode> {
         // Allocated blocks, not the sparse size.
         use std::os::unix::fs::MetadataExt;
         let size = std::fs::metadata(container.writable_disk()).map_or(0, |m| m.blocks() * 512);
-        store.remove(&container)?;
+        match vessel_runtime::container::remove(&context.host, &container, false) {
+            Ok(()) => {}
+            // Gone meanwhile (`--rm`), or started again: not ours to remove.
+            Err(StoreError::NotFound(_) | StoreError::Running(_)) => continue,
+            Err(err) => return Err(err.into()),
+        }
         reclaimed += size;
         outln!("{}", container.id());
     }

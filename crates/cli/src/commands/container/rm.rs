@@ -1,9 +1,9 @@
 //! `vessel rm`: remove containers (running ones only with `-f`, which kills them first).
 
-use super::{find, store};
+use super::find;
 use crate::Context;
 use std::process::ExitCode;
-use vessel_runtime::container::StoreError;
+use vessel_runtime::container::{self, StoreError};
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
@@ -29,22 +29,16 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
             }
             super::stop_container(context, &container, 9, 0)?;
         }
-        // Whatever a killed supervisor left: its socket and VM directory.
-        let _ = std::fs::remove_file(context.host.control_socket(container.id()));
-        let _ = std::fs::remove_dir_all(context.host.vm_run_dir(container.short_id()));
-        vessel_runtime::supervisor::remove_staged_files(&context.host, container.id());
         // A supervisor that has just recorded the end may still be finishing: give it time.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut removed = store(context).remove(&container);
+        let remove = || container::remove(&context.host, &container, args.volumes);
+        let mut removed = remove();
         while matches!(removed, Err(StoreError::Running(_))) && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            removed = store(context).remove(&container);
+            removed = remove();
         }
         match removed {
-            Ok(()) if args.volumes => {
-                vessel_runtime::volume::remove_anonymous(&context.host.root, &container)
-            }
             // Removed by its own supervisor (`--rm`) meanwhile.
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => return Err(err.into()),
