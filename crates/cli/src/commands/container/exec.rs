@@ -3,7 +3,7 @@
 use super::{block_on, exit_code, find, session, terminal};
 use crate::Context;
 use std::process::ExitCode;
-use vessel_runtime::supervisor::client;
+use vessel_runtime::supervisor::client::{self, SessionEnd};
 use vessel_runtime::supervisor::protocol::{Event, ExecRequest, Request};
 
 #[derive(Debug, clap::Args)]
@@ -63,10 +63,7 @@ pub fn run(args: ExecArgs, context: &Context) -> anyhow::Result<ExitCode> {
     if args.detach {
         return match block_on(client::request(&context.host, &container, &Request::Exec(request)))??
         {
-            Event::Failed { code, message } => {
-                eprintln!("vessel: {message}");
-                Ok(ExitCode::from(u8::try_from(code).unwrap_or(crate::EXIT_VESSEL_FAILED)))
-            }
+            Event::Failed { code, message } => Ok(exit_code(&SessionEnd::Failed { code, message })),
             _ => Ok(ExitCode::SUCCESS),
         };
     }

@@ -31,7 +31,7 @@ use clap::Subcommand;
 use std::process::ExitCode;
 use vessel_runtime::container::{Container, ContainerStore, ProcessRef};
 use vessel_runtime::supervisor::client::{self, LocalIo, SessionEnd};
-use vessel_runtime::supervisor::protocol::Request;
+use vessel_runtime::supervisor::protocol::{Event, Request};
 
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
@@ -209,6 +209,35 @@ async fn session(
         }
         let _ = client::request(&context.host, container, &Request::Signal { signal }).await;
     }
+}
+
+/// Starts a container attached to our stdio (`run`, `start -a`): its supervisor waits for
+/// us before starting the main process, so no output is missed. Returns the container's
+/// exit code once the supervisor has finished (recorded the end, removed a `--rm` one).
+fn start_attached(
+    context: &Context,
+    container: &Container,
+    stdin: bool,
+) -> anyhow::Result<ExitCode> {
+    let tty = container.config.tty;
+    let mut supervisor = launch(context, container, true)?;
+    // Raw mode lasts as long as the guard: keystrokes (Ctrl-C too) go to the container.
+    let raw = (tty && stdin && rustix::termios::isatty(std::io::stdin()))
+        .then(terminal::RawMode::enter)
+        .transpose()?;
+    let end = block_on(session(context, container, Request::Attach { stdin }, stdin, tty))?;
+    drop(raw);
+    let end = end?;
+    let _ = supervisor.wait();
+    Ok(exit_code(&end))
+}
+
+/// Starts a container in the background (`run -d`, `start`) and returns once its main
+/// process has started: `Started`, or `Failed` with docker's code and the reason.
+fn start_detached(context: &Context, container: &Container) -> anyhow::Result<Event> {
+    // The supervisor outlives us; it is not our child to wait for.
+    drop(launch(context, container, false)?);
+    Ok(block_on(client::request(&context.host, container, &Request::Started))??)
 }
 
 /// The exit code of a session: the process's, or docker's code for a failed start.

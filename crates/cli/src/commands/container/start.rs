@@ -1,10 +1,9 @@
 //! `vessel start`: boot stopped containers again (same writable disk, same log).
 
-use super::{block_on, exit_code, find, launch, session, terminal};
+use super::{find, start_attached, start_detached};
 use crate::Context;
 use std::process::ExitCode;
-use vessel_runtime::supervisor::client;
-use vessel_runtime::supervisor::protocol::{Event, Request};
+use vessel_runtime::supervisor::protocol::Event;
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
@@ -34,21 +33,10 @@ pub fn run(args: StartArgs, context: &Context) -> anyhow::Result<ExitCode> {
             continue;
         }
         if attach {
-            let tty = container.config.tty;
-            let mut supervisor = launch(context, &container, true)?;
             let stdin = args.interactive && container.config.open_stdin;
-            let raw = (tty && stdin && rustix::termios::isatty(std::io::stdin()))
-                .then(terminal::RawMode::enter)
-                .transpose()?;
-            let end =
-                block_on(session(context, &container, Request::Attach { stdin }, stdin, tty))?;
-            drop(raw);
-            let end = end?;
-            let _ = supervisor.wait();
-            return Ok(exit_code(&end));
+            return start_attached(context, &container, stdin);
         }
-        drop(launch(context, &container, false)?);
-        match block_on(client::request(&context.host, &container, &Request::Started))?? {
+        match start_detached(context, &container)? {
             Event::Failed { message, .. } => {
                 eprintln!("vessel: cannot start container {query}: {message}");
                 failed = true;
