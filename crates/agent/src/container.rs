@@ -144,7 +144,7 @@ fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-fn mount_ext4(device: &str, target: &Path, read_only: bool) -> Result<(), Status> {
+pub(crate) fn mount_ext4(device: &str, target: &Path, read_only: bool) -> Result<(), Status> {
     std::fs::create_dir_all(target).map_err(|err| io_status("create", target, err))?;
     let flags = if read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
     mount(Some(device), target, Some("ext4"), flags, None::<&str>).map_err(|errno| {
@@ -152,7 +152,7 @@ fn mount_ext4(device: &str, target: &Path, read_only: bool) -> Result<(), Status
     })
 }
 
-fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {
+pub(crate) fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {
     Status::internal(format!("cannot {action} {}: {err}", path.display()))
 }
 

@@ -3,6 +3,7 @@
 //! agent's own namespace before its first process starts; that process's private copy of
 //! the mount table (and so every later process) has them.
 
+use crate::container::{io_status, mount_ext4};
 use nix::mount::{mount, MsFlags};
 use std::path::{Component, Path, PathBuf};
 use tonic::Status;
@@ -22,8 +23,7 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
         match request.kind.as_str() {
             "volume" => {
                 let disk = staging.join(format!("volume-{index}"));
-                mount_dir(&disk)?;
-                mount_fs(&request.source, &disk, "ext4", MsFlags::empty(), None)?;
+                mount_ext4(&request.source, &disk, false)?;
                 let data = disk.join(VOLUME_DATA);
                 if !data.exists() {
                     std::fs::create_dir(&data).map_err(|e| io_status("create", &data, e))?;
@@ -35,7 +35,7 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
             }
             "bind" => {
                 let share = staging.join(format!("share-{index}"));
-                mount_dir(&share)?;
+                std::fs::create_dir_all(&share).map_err(|e| io_status("create", &share, e))?;
                 mount_fs(&request.source, &share, "virtiofs", MsFlags::empty(), None)?;
                 let source = if is_file { share.join(&request.file) } else { share };
                 bind(&source, &target, request.read_only)?;
@@ -149,18 +149,10 @@ fn mount_fs(
     })
 }
 
-fn mount_dir(path: &Path) -> Result<(), Status> {
-    std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))
-}
-
 fn read_only_flag(read_only: bool) -> MsFlags {
     if read_only {
         MsFlags::MS_RDONLY
     } else {
         MsFlags::empty()
     }
-}
-
-fn io_status(action: &str, path: &Path, err: std::io::Error) -> Status {
-    Status::internal(format!("cannot {action} {}: {err}", path.display()))
 }

@@ -4,23 +4,9 @@
 
 mod common;
 
-use common::images::TestImage;
-use common::registry::Registry;
+use common::images::{busybox_root, BUSYBOX as IMAGE};
 use common::{processes_mentioning, TestRoot};
 use std::time::{Duration, Instant};
-
-/// The busybox test image (scripts/test-images, from busybox-static), as tests name it.
-const IMAGE: &str = "test/busybox";
-
-/// A state root holding the busybox test image, pulled from a real registry of its own.
-fn busybox_root() -> TestRoot {
-    let root = TestRoot::new();
-    let registry = Registry::start();
-    let reference = TestImage::Busybox.push(&registry);
-    root.ok(&["pull", "--quiet", &reference]);
-    root.ok(&["tag", &reference, IMAGE]);
-    root
-}
 
 fn inspect(root: &TestRoot, container: &str, field: &str) -> String {
     root.ok(&["inspect", "-f", &format!("{{{{{field}}}}}"), container]).trim().to_string()

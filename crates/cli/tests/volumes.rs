@@ -4,20 +4,7 @@
 
 mod common;
 
-use common::images::TestImage;
-use common::registry::Registry;
-use common::TestRoot;
-
-const IMAGE: &str = "test/busybox";
-
-fn busybox_root() -> TestRoot {
-    let root = TestRoot::new();
-    let registry = Registry::start();
-    let reference = TestImage::Busybox.push(&registry);
-    root.ok(&["pull", "--quiet", &reference]);
-    root.ok(&["tag", &reference, IMAGE]);
-    root
-}
+use common::images::{busybox_root, BUSYBOX as IMAGE};
 
 #[test]
 fn a_named_volume_outlives_its_containers_and_starts_with_the_images_files() {

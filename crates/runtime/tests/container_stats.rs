@@ -4,9 +4,7 @@
 mod common;
 
 use vessel_runtime::process::ProcessIo;
-use vessel_runtime::sandbox::SHUTDOWN_TIMEOUT;
 use vessel_runtime::RuntimeError;
-use vessel_vm::VmExit;
 
 #[tokio::test(flavor = "current_thread")]
 async fn stats_come_from_the_container_s_cgroup() {
@@ -52,11 +50,5 @@ async fn stats_come_from_the_container_s_cgroup() {
         other => panic!("expected NotFound, got {other:?}"),
     }
 
-    sandbox.agent().signal_process("first", 9).await.unwrap();
-    first.wait(sandbox.agent()).await.unwrap();
-    let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
-    assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);
-    for image in [&rootfs, &writable] {
-        common::assert_fsck_clean(image);
-    }
+    common::end_cleanly(sandbox, first, [&rootfs, &writable]).await;
 }

@@ -7,8 +7,6 @@ mod common;
 
 use tokio::io::AsyncBufReadExt;
 use vessel_runtime::process::{ProcessIo, ProcessSpec};
-use vessel_runtime::sandbox::SHUTDOWN_TIMEOUT;
-use vessel_vm::VmExit;
 
 fn with_terminal(process_id: &str, script: &str) -> ProcessSpec {
     let mut spec = common::spec("box", process_id, &["sh", "-c", script]);
@@ -60,11 +58,5 @@ async fn a_process_terminal_is_a_dev_pts_of_the_container() {
     let number = output.strip_prefix("/dev/pts/").and_then(|rest| rest.strip_suffix("\n1000\n"));
     assert!(number.is_some_and(|n| n.parse::<u32>().is_ok()), "{output:?}");
 
-    sandbox.agent().signal_process("first", 9).await.unwrap();
-    first.wait(sandbox.agent()).await.unwrap();
-    let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
-    assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);
-    for image in [&rootfs, &writable] {
-        common::assert_fsck_clean(image);
-    }
+    common::end_cleanly(sandbox, first, [&rootfs, &writable]).await;
 }

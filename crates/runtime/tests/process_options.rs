@@ -7,8 +7,7 @@ mod common;
 
 use tokio::io::AsyncBufReadExt;
 use vessel_runtime::process::{ProcessExit, ProcessIo, ProcessSpec, Rlimit};
-use vessel_runtime::sandbox::{Sandbox, SHUTDOWN_TIMEOUT};
-use vessel_vm::VmExit;
+use vessel_runtime::sandbox::Sandbox;
 
 const STATUS: &str = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status";
 
@@ -99,13 +98,7 @@ async fn process_options_shape_what_a_process_may_do() {
 
     init_is_pid_1(&mut sandbox).await;
 
-    sandbox.agent().signal_process("first", 9).await.unwrap();
-    first.wait(sandbox.agent()).await.unwrap();
-    let stopped = sandbox.shutdown(SHUTDOWN_TIMEOUT).await.unwrap();
-    assert_eq!(stopped.exit, VmExit::GuestExit, "{}", stopped.console);
-    for image in [&rootfs, &writable] {
-        common::assert_fsck_clean(image);
-    }
+    common::end_cleanly(sandbox, first, [&rootfs, &writable]).await;
 }
 
 /// A container whose first process runs under --init: the init is PID 1, the command is

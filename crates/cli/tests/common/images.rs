@@ -98,3 +98,17 @@ impl Drop for Podman {
         let _ = self.command(&["rm", "--all", "--force", "--time", "0"]).output();
     }
 }
+
+/// What the lifecycle and volume tests name the busybox test image.
+pub const BUSYBOX: &str = "test/busybox";
+
+/// A state root holding the busybox test image as `BUSYBOX`, pulled from a real registry
+/// of its own (stopped once the pull is done).
+pub fn busybox_root() -> super::TestRoot {
+    let root = super::TestRoot::new();
+    let registry = Registry::start();
+    let reference = TestImage::Busybox.push(&registry);
+    root.ok(&["pull", "--quiet", &reference]);
+    root.ok(&["tag", &reference, BUSYBOX]);
+    root
+}

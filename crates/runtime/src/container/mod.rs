@@ -286,9 +286,21 @@ pub(crate) fn remove_leftovers(dir: &Path) {
 
 /// Removes a container that is not running and, with `volumes`, its anonymous volumes;
 /// then what a killed supervisor may have left on the host (its control socket, VM
-/// directory and staged files). A container removed meanwhile (`--rm`) is `NotFound`.
+/// directory and staged files). A container removed meanwhile (`--rm`) is `NotFound`. A
+/// supervisor that has recorded the end may still hold the container for its last steps:
+/// it gets a few seconds.
 pub fn remove(host: &crate::Host, container: &Container, volumes: bool) -> Result<(), StoreError> {
-    ContainerStore::new(&host.root).remove(container)?;
+    let store = ContainerStore::new(&host.root);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut removed = store.remove(container);
+    while matches!(removed, Err(StoreError::Running(_)))
+        && store.load(container.id()).is_ok_and(|current| !current.is_running())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        removed = store.remove(container);
+    }
+    removed?;
     if volumes {
         crate::volume::remove_anonymous(&host.root, container);
     }

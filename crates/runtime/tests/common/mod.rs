@@ -90,6 +90,22 @@ pub struct Booted {
     pub writable: PathBuf,
 }
 
+/// Ends a test's container and VM as the host would: SIGKILL to the first process (the
+/// container's namespaces go with it), a clean power-off, and both disks fsck-clean.
+pub async fn end_cleanly(
+    mut sandbox: Sandbox,
+    first: vessel_runtime::process::ProcessHandle,
+    disks: [&Path; 2],
+) {
+    sandbox.agent().signal_process("first", 9).await.unwrap();
+    first.wait(sandbox.agent()).await.unwrap();
+    let stopped = sandbox.shutdown(vessel_runtime::sandbox::SHUTDOWN_TIMEOUT).await.unwrap();
+    assert_eq!(stopped.exit, vessel_vm::VmExit::GuestExit, "{}", stopped.console);
+    for image in disks {
+        assert_fsck_clean(image);
+    }
+}
+
 pub async fn boot(name: &str) -> Booted {
     let state = tempfile::tempdir().unwrap();
     let layer = state.path().join("busybox.tar");

@@ -29,16 +29,7 @@ pub fn run(args: RmArgs, context: &Context) -> anyhow::Result<ExitCode> {
             }
             super::stop_container(context, &container, 9, 0)?;
         }
-        // A supervisor that has just recorded the end may still be finishing: give it time.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let remove = || container::remove(&context.host, &container, args.volumes);
-        let mut removed = remove();
-        while matches!(removed, Err(StoreError::Running(_))) && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            removed = remove();
-        }
-        match removed {
+        match container::remove(&context.host, &container, args.volumes) {
             // Removed by its own supervisor (`--rm`) meanwhile.
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => return Err(err.into()),
