@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use vessel_proto::ports;
 use vessel_vm::qemu::{QemuBackend, QemuVm};
-use vessel_vm::{Accel, Backend, Disk, Share, Vm, VmConfig, VmExit};
+use vessel_vm::{Accel, Backend, Disk, Nic, Share, Vm, VmConfig, VmExit};
 
 /// How long a guest may take from VM start to a serving agent. Generous: under TCG on a
 /// loaded 2-core host a boot can take several times its usual 0.5 s.
@@ -24,6 +24,8 @@ pub struct SandboxOptions {
     /// Host directories the guest can mount over virtio-fs (`fstype` "virtiofs", the tag as
     /// source).
     pub shares: Vec<Share>,
+    /// The guest's `eth0` (a TAP the caller opened); none leaves the guest only `lo`.
+    pub nic: Option<Nic>,
     pub accel: Accel,
     /// Copy the guest console to stderr while the sandbox runs (`--debug`).
     pub echo_console: bool,
@@ -37,6 +39,7 @@ impl SandboxOptions {
             memory_mib: 256,
             disks: Vec::new(),
             shares: Vec::new(),
+            nic: None,
             accel: Accel::Auto,
             echo_console: false,
         }
@@ -95,6 +98,7 @@ impl Sandbox {
             memory_mib: options.memory_mib,
             disks: options.disks,
             shares: options.shares,
+            nic: options.nic,
             run_dir,
             accel: options.accel,
             echo_console: options.echo_console,

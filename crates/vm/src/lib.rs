@@ -11,7 +11,9 @@ pub mod tsc;
 pub mod virtiofs;
 pub mod vsock;
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use accel::Accel;
@@ -81,6 +83,34 @@ pub struct Share {
     pub owner: Option<(u32, u32)>,
 }
 
+/// A network card: a TAP device the caller opened (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`) and
+/// keeps, and the MAC the guest's `eth0` gets. Only the VMM receives the fd, never the
+/// device processes.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// Shared, so a config stays `Clone`; the TAP lives while any holder keeps it open.
+    fd: Arc<OwnedFd>,
+    pub mac: [u8; 6],
+}
+
+impl Nic {
+    /// `fd` should be close-on-exec (a `try_clone_to_owned` of the TAP's fd is): the backend
+    /// hands the VMM a copy of its own.
+    pub fn new(fd: OwnedFd, mac: [u8; 6]) -> Self {
+        Nic { fd: Arc::new(fd), mac }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// `02:76:0a:d5:fa:02`, as QEMU's `mac=` takes it.
+    pub fn mac_string(&self) -> String {
+        let hex: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        hex.join(":")
+    }
+}
+
 /// Everything a backend needs to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -97,6 +127,8 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Host directories shared over virtio-fs, one virtiofsd each.
     pub shares: Vec<Share>,
+    /// The guest's `eth0`; none gives a guest with only `lo`.
+    pub nic: Option<Nic>,
     /// Directory for this VM's sockets and logs; the VM owns it and removes it when gone.
     pub run_dir: PathBuf,
     pub accel: Accel,

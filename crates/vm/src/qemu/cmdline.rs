@@ -18,9 +18,12 @@ const MMIO_SIZE: u64 = 0x200;
 /// Without ACPI the guest sees only the first IOAPIC, so microvm offers 8 transports on
 /// GSIs 5..13: at most 8 virtio devices per VM.
 pub const MMIO_TRANSPORTS: u64 = 8;
-/// Devices every VM has (vsock and rng); the other transports are for disks and shares.
+/// Devices every VM has (vsock and rng); the other transports are for a NIC, disks and
+/// shares.
 const FIXED_DEVICES: usize = 2;
 const MMIO_IRQ_BASE: u64 = 5;
+/// The fd number QEMU finds the NIC's TAP at (`-netdev tap,fd=3`); see `process.rs`.
+pub const NIC_FD: i32 = 3;
 
 /// The guest's timing hints, from the host's TSC frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +43,28 @@ impl TimingHints {
 enum Device {
     Vsock,
     Rng,
+    Nic,
     Disk { index: usize },
     Share { index: usize },
 }
 
 /// Disks come before shares, so disks keep their names (`vda`, `vdb`, …) whatever is shared.
+/// The NIC comes right after rng: it always sits in the same transport, and adding it
+/// leaves the disks' order alone.
 fn devices(config: &VmConfig) -> Vec<Device> {
     let mut devices = vec![Device::Vsock, Device::Rng];
+    devices.extend(config.nic.as_ref().map(|_| Device::Nic));
     devices.extend((0..config.disks.len()).map(|index| Device::Disk { index }));
     devices.extend((0..config.shares.len()).map(|index| Device::Share { index }));
-    debug_assert_eq!(devices.len(), FIXED_DEVICES + config.disks.len() + config.shares.len());
+    debug_assert_eq!(
+        devices.len(),
+        FIXED_DEVICES + nics(config) + config.disks.len() + config.shares.len()
+    );
     devices
+}
+
+fn nics(config: &VmConfig) -> usize {
+    usize::from(config.nic.is_some())
 }
 
 /// Every device of `config` needs a virtio-mmio transport of its own.
@@ -61,15 +75,16 @@ pub fn check_transports(config: &VmConfig) -> Result<(), VmError> {
         return Ok(());
     }
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let nic = if config.nic.is_some() { "a NIC, " } else { "" };
     Err(VmError::TooManyDevices {
         devices: format!(
-            "vsock, rng, {} and {}",
+            "vsock, rng, {nic}{} and {}",
             plural(config.disks.len(), "disk"),
             plural(config.shares.len(), "share")
         ),
         needed,
         available,
-        spare: available - FIXED_DEVICES,
+        spare: available - FIXED_DEVICES - nics(config),
     })
 }
 
@@ -148,6 +163,16 @@ pub fn qemu_args(
                 "vhost-user-vsock-device,chardev=vsock",
             ]),
             Device::Rng => push(&["-device", "virtio-rng-device"]),
+            Device::Nic => {
+                let mac = config.nic.as_ref().map(|nic| nic.mac_string()).unwrap_or_default();
+                push(&[
+                    // vhost=off: hosts often lack /dev/vhost-net; QEMU moves the packets.
+                    "-netdev",
+                    &format!("tap,id=net0,fd={NIC_FD},vhost=off"),
+                    "-device",
+                    &format!("virtio-net-device,netdev=net0,mac={mac}"),
+                ])
+            }
             Device::Disk { index } => {
                 let disk = &config.disks[index];
                 let read_only = if disk.read_only { "on" } else { "off" };
@@ -212,6 +237,7 @@ mod tests {
                     owner: None,
                 })
                 .collect(),
+            nic: None,
             run_dir: "/run/x".into(),
             accel: Accel::Tcg,
             echo_console: false,
@@ -298,5 +324,55 @@ mod tests {
         );
         let err = check_transports(&config_with(0, 7)).unwrap_err().to_string();
         assert!(err.starts_with("vsock, rng, 0 disks and 7 shares need 9"), "{err}");
+    }
+
+    fn with_nic(mut config: VmConfig) -> VmConfig {
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        config.nic = Some(crate::Nic::new(fd.into(), [0x02, 0x76, 0x0a, 0xd5, 0xfa, 0x02]));
+        config
+    }
+
+    #[test]
+    fn the_nic_follows_rng_and_disks_keep_their_order() {
+        let config = with_nic(config_with(2, 1));
+        let sockets = [PathBuf::from("/run/x/virtiofs-0.sock")];
+        let args = qemu_args(&config, Accel::Tcg, Path::new("/v"), &sockets, Path::new("/c"), 1);
+        let devices: Vec<&String> =
+            args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
+        assert_eq!(
+            devices,
+            [
+                "vhost-user-vsock-device,chardev=vsock",
+                "virtio-rng-device",
+                "virtio-net-device,netdev=net0,mac=02:76:0a:d5:fa:02",
+                "virtio-blk-device,drive=disk0",
+                "virtio-blk-device,drive=disk1",
+                "vhost-user-fs-device,chardev=fs0,tag=share0",
+            ]
+        );
+        assert!(args.windows(2).any(|w| w[0] == "-netdev" && w[1] == "tap,id=net0,fd=3,vhost=off"));
+        let line = guest_cmdline(&config, TimingHints { tsc_khz: 1 });
+        let entries: Vec<&str> =
+            line.split(' ').filter(|a| a.starts_with("virtio_mmio.device=")).collect();
+        assert_eq!(entries.len(), 6, "{line}");
+        // The third device: always the same transport for the NIC.
+        assert_eq!(entries[2], "virtio_mmio.device=512@0xfeb00a00:10");
+    }
+
+    #[test]
+    fn no_nic_no_netdev() {
+        let args = qemu_args(&config(1), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
+        assert!(!args.iter().any(|a| a == "-netdev" || a.contains("virtio-net")));
+    }
+
+    #[test]
+    fn the_nic_takes_a_transport() {
+        assert!(check_transports(&with_nic(config_with(3, 2))).is_ok());
+        let err = check_transports(&with_nic(config_with(3, 3))).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "vsock, rng, a NIC, 3 disks and 3 shares need 9 virtio-mmio transports, a microvm \
+             has 8 (at most 5 disks and shares together)"
+        );
     }
 }

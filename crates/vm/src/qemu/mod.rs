@@ -156,7 +156,18 @@ impl Backend for QemuBackend {
         let args =
             qemu_args(&config, accel, &paths.vhost_socket, &paths.shares, &paths.console, khz);
         tracing::debug!(vm = %config.name, ?args, "starting qemu");
-        let qemu = match Child::spawn(&self.qemu, &args, &paths.log("qemu")) {
+        // The TAP goes to QEMU alone; the device processes above never saw it.
+        let spawned = match &config.nic {
+            Some(nic) => Child::spawn_with_fd(
+                &self.qemu,
+                &args,
+                &paths.log("qemu"),
+                nic.fd(),
+                cmdline::NIC_FD,
+            ),
+            None => Child::spawn(&self.qemu, &args, &paths.log("qemu")),
+        };
+        let qemu = match spawned {
             Ok(qemu) => qemu,
             Err(err) => {
                 devices.kill_all().await;

@@ -1,6 +1,7 @@
 //! Host processes of a VM: started so that they die with us, logged to files, reaped.
 
 use crate::VmError;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -19,16 +20,34 @@ impl Child {
     /// Starts `program` with stdout and stderr appended to `log`. The child gets SIGKILL when
     /// the thread that started it exits, so a crashed or killed caller leaves nothing behind.
     pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
-        Self::start(program, args, log, false)
+        Self::start(program, args, log, false, None)
+    }
+
+    /// As [`Child::spawn`], with `fd` open in the child as `target` (and in no other child:
+    /// `fd` itself should be close-on-exec).
+    pub fn spawn_with_fd(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        fd: BorrowedFd<'_>,
+        target: RawFd,
+    ) -> Result<Child, VmError> {
+        Self::start(program, args, log, false, Some((fd, target)))
     }
 
     /// As [`Child::spawn`], in a new process group that [`Child::kill`] kills whole: for
     /// programs that fork helpers of their own (virtiofsd's sandbox).
     pub fn spawn_group(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
-        Self::start(program, args, log, true)
+        Self::start(program, args, log, true, None)
     }
 
-    fn start(program: &Path, args: &[String], log: &Path, group: bool) -> Result<Child, VmError> {
+    fn start(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        group: bool,
+        pass_fd: Option<(BorrowedFd<'_>, RawFd)>,
+    ) -> Result<Child, VmError> {
         let name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
         let program_name = name.into_owned();
         let open_log = || {
@@ -48,12 +67,27 @@ impl Child {
         if group {
             command.process_group(0);
         }
+        // Only the number goes into the closure; `pass_fd` borrows the fd open until spawn
+        // returns, by which time the child has exec'd.
+        let pass_fd = pass_fd.map(|(fd, target)| (fd.as_raw_fd(), target));
         // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-        // which is async-signal-safe.
+        // dup2 and fcntl, which are async-signal-safe; the fds it names are open in the
+        // child, which inherited them.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some((fd, target)) = pass_fd {
+                    if fd == target {
+                        // dup2 onto itself keeps close-on-exec: clear it instead.
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, target) != target {
+                        // The copy dup2 makes is not close-on-exec, so it survives exec.
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -159,4 +193,31 @@ pub fn echo_file(path: PathBuf) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[tokio::test]
+    async fn a_passed_fd_reaches_that_child_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let passed = dir.path().join("passed");
+        // Rust opens files close-on-exec, as the TAP's fd is.
+        let file = std::fs::File::create(&passed).unwrap();
+        let script = ["-c".to_string(), "readlink /proc/self/fd/3 || echo none".to_string()];
+        let (with, without) = (dir.path().join("with.log"), dir.path().join("without.log"));
+        let sh = Path::new("/bin/sh");
+        let mut child = Child::spawn_with_fd(sh, &script, &with, file.as_fd(), 3).unwrap();
+        let mut other = Child::spawn(sh, &script, &without).unwrap();
+        for child in [&mut child, &mut other] {
+            let status = child.wait_timeout(Duration::from_secs(10)).await.unwrap();
+            assert!(status.is_some_and(|status| status.success()));
+        }
+        let with = std::fs::read_to_string(with).unwrap();
+        assert_eq!(with.trim(), passed.display().to_string());
+        let without = std::fs::read_to_string(without).unwrap();
+        assert_ne!(without.trim(), passed.display().to_string());
+    }
 }
