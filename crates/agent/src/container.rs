@@ -52,6 +52,8 @@ impl Containers {
         if self.by_id.contains_key(id) {
             return Err(Status::already_exists(format!("container {id} exists")));
         }
+        // First: a bad configuration fails the request before anything is mounted.
+        crate::network::configure(request.network.as_ref())?;
         let dir = Path::new(CONTAINERS_DIR).join(id);
         let image = dir.join("image");
         let rootfs = dir.join("rootfs");
@@ -94,6 +96,15 @@ impl Containers {
                 Status::internal(format!("cannot mount the container's overlay: {errno}"))
             })?;
         crate::volumes::mount_all(&rootfs, &dir.join("mounts"), &request.mounts)?;
+        if let Some(network) = &request.network {
+            let files: [(&str, &[u8]); 3] = [
+                ("/etc/hosts", &network.hosts),
+                ("/etc/resolv.conf", &network.resolv_conf),
+                ("/etc/hostname", &network.hostname_file),
+            ];
+            let staging = dir.join("network");
+            crate::volumes::mount_files(&rootfs, &staging, &files, &request.mounts, read_only)?;
+        }
         let cgroup = create_cgroup(id, request.memory_limit_bytes, request.cpu_millis)?;
         let hostname =
             if request.hostname.is_empty() { id.clone() } else { request.hostname.clone() };

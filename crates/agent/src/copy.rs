@@ -188,7 +188,7 @@ fn verdict(outcome: Result<(), Failure>) -> Vec<u8> {
                 ErrorKind::Invalid => 'I',
                 ErrorKind::Io => 'E',
             };
-            format!("{kind}{}", error_chain(&err)).into_bytes()
+            format!("{kind}{}", crate::log::error_chain(&err)).into_bytes()
         }
     }
 }
@@ -257,17 +257,6 @@ fn keep_only<const N: usize>(fds: &[Option<RawFd>; N]) -> Result<[Option<OwnedFd
         libc::syscall(libc::SYS_close_range, first_free as libc::c_uint, libc::c_uint::MAX, 0)
     })?;
     moved.try_into().map_err(|_| Errno::EINVAL)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {

@@ -16,3 +16,15 @@ fn write_line(level: &str, message: Arguments<'_>) {
     let line = format!("vessel-init: {level}{message}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
+
+/// `err` and its causes, "outer: inner: …", for a message that crosses to the host whole.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -10,6 +10,7 @@ mod copy;
 mod fs;
 mod log;
 mod mounts;
+mod network;
 mod power;
 mod process;
 mod reaper;

@@ -53,6 +53,33 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
     Ok(())
 }
 
+/// Files the host wrote for the container (its network's /etc/hosts, /etc/resolv.conf,
+/// /etc/hostname: `(target, bytes)`), put in `staging` and bind-mounted over the image's
+/// own, which are created empty if missing. One of the container's own `mounts` on the same
+/// path wins; empty bytes leave the image's file alone. Read-only in a read-only container,
+/// as docker has them.
+pub fn mount_files(
+    rootfs: &Path,
+    staging: &Path,
+    files: &[(&str, &[u8])],
+    mounts: &[ContainerMount],
+    read_only: bool,
+) -> Result<(), Status> {
+    let user_mounted =
+        |target: &str| mounts.iter().any(|m| Path::new(&m.target) == Path::new(target));
+    for (target, bytes) in files {
+        if bytes.is_empty() || user_mounted(target) {
+            continue;
+        }
+        let name = Path::new(target).file_name().unwrap_or_default();
+        std::fs::create_dir_all(staging).map_err(|e| io_status("create", staging, e))?;
+        let source = staging.join(name);
+        std::fs::write(&source, bytes).map_err(|e| io_status("write", &source, e))?;
+        bind(&source, &target_in(rootfs, target, true)?, read_only)?;
+    }
+    Ok(())
+}
+
 /// `target` (absolute, as the container sees it) under `rootfs`, its directories created
 /// (and itself, as an empty file for a single file's mount); a symlink on the way is
 /// refused, so an image cannot aim a mount elsewhere in the guest.
