@@ -36,6 +36,7 @@ async fn processes_run_in_the_container_with_their_stdio() {
             cpu_millis: 500,
             mounts: Vec::new(),
             shm_size_bytes: 0,
+            network: None,
         })
         .await
         .unwrap();

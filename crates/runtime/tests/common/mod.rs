@@ -107,6 +107,11 @@ pub async fn end_cleanly(
 }
 
 pub async fn boot(name: &str) -> Booted {
+    boot_with(name, |_| {}).await
+}
+
+/// As [`boot`], with the sandbox's options adjusted first (a NIC, say).
+pub async fn boot_with(name: &str, adjust: impl FnOnce(&mut SandboxOptions)) -> Booted {
     let state = tempfile::tempdir().unwrap();
     let layer = state.path().join("busybox.tar");
     busybox_layer(&layer);
@@ -122,6 +127,7 @@ pub async fn boot(name: &str) -> Booted {
         Disk { path: rootfs.clone(), read_only: true },
         Disk { path: writable.clone(), read_only: false },
     ];
+    adjust(&mut options);
     let sandbox = Sandbox::start(&host, options).await.unwrap();
     Booted { state, sandbox, rootfs, writable }
 }
@@ -137,6 +143,7 @@ pub fn container(id: &str, writable: bool) -> CreateContainerRequest {
         cpu_millis: 0,
         mounts: Vec::new(),
         shm_size_bytes: 0,
+        network: None,
     }
 }
 
