@@ -7,6 +7,7 @@ pub mod check;
 pub mod container;
 pub mod copy;
 pub mod host;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod selftest;
@@ -46,6 +47,10 @@ pub enum RuntimeError {
     WritableDisk(#[from] vessel_image::RootfsError),
     #[error("{0}")]
     Mount(String),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Store(#[from] container::StoreError),
 }
 
 /// `outer: inner: innermost`, each cause once (a message that already quotes its cause

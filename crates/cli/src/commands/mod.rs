@@ -2,6 +2,7 @@
 
 mod container;
 pub mod image;
+mod network;
 pub mod registry;
 mod rootfs;
 mod system;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Create, list and remove named volumes
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Create, list and remove networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     #[command(flatten)]
     Shortcut(container::Shortcut),
 }
@@ -64,6 +68,7 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
         Command::Container(command) => container::run(command, context),
         Command::Shortcut(shortcut) => container::run(shortcut.into(), context),
         Command::Volume(command) => volume::run(command, context),
+        Command::Network(command) => network::run(command, context),
         Command::Rootfs(RootfsCommand::Create(args)) => {
             rootfs::create(args)?;
             Ok(ExitCode::SUCCESS)

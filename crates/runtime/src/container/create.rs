@@ -2,8 +2,11 @@
 //! flags turned into the container's config, and the container recorded in the store.
 
 use super::{Container, ContainerConfig, ContainerStore, StoreError};
+use crate::network::{Attachment, NetworkError, NetworkStore, DEFAULT_NETWORK, NO_NETWORK};
 use crate::Host;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use vessel_net::ports::{parse_expose, PortMapping};
 
 /// docker's `create`/`run` flags that shape the container.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +44,20 @@ pub struct CreateOptions {
     /// `-v`, `--mount`, `--tmpfs`.
     pub mounts: Vec<super::mounts::MountRequest>,
     pub shm_size: Option<u64>,
+    /// `--network`: a network's name, `none`, or None for the default network.
+    pub network: Option<String>,
+    /// `--ip`: the address to lease instead of the next free one.
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+    /// `--network-alias`.
+    pub aliases: Vec<String>,
+    pub dns: Vec<Ipv4Addr>,
+    /// `--add-host NAME:IP`.
+    pub extra_hosts: Vec<(String, Ipv4Addr)>,
+    /// `-p`.
+    pub publish: Vec<PortMapping>,
+    /// `-P`: every port the image exposes, each on a free host port.
+    pub publish_all: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +74,16 @@ pub enum CreateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Mount(#[from] super::mounts::MountError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("{0} needs a network (it cannot go with --network none)")]
+    NeedsNetwork(&'static str),
+    #[error("the image exposes an unreadable port {spec:?}")]
+    Expose {
+        spec: String,
+        #[source]
+        source: vessel_net::ports::PortError,
+    },
 }
 
 /// Records a new container (state `created`): nothing runs until it is started.
@@ -81,14 +108,64 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
     if crate::supervisor::parse_signal(&stop_signal).is_none() {
         return Err(CreateError::StopSignal(stop_signal));
     }
-    let mounts = super::mounts::resolve(&host.root, options.mounts)?;
+    let mut publish = options.publish;
+    if options.publish_all {
+        for spec in config.exposed_ports().iter().flatten() {
+            let (first, last, protocol) = parse_expose(spec)
+                .map_err(|source| CreateError::Expose { spec: spec.clone(), source })?;
+            for container_port in first..=last {
+                publish.push(PortMapping {
+                    host_ip: Ipv4Addr::UNSPECIFIED,
+                    host_port: 0,
+                    container_port,
+                    protocol,
+                });
+            }
+        }
+    }
     let id = super::new_id();
+    let network_name = options.network.unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+    let network = if network_name == NO_NETWORK {
+        let needs = [
+            (!publish.is_empty(), "publishing ports"),
+            (options.ip.is_some(), "--ip"),
+            (!options.aliases.is_empty(), "--network-alias"),
+        ];
+        if let Some((_, what)) = needs.iter().find(|(given, _)| *given) {
+            return Err(CreateError::NeedsNetwork(what));
+        }
+        None
+    } else {
+        let store = NetworkStore::new(&host.root);
+        let network = store.get_or_default(&network_name)?;
+        let ip = store.allocate(&network, &id, options.ip)?;
+        Some(Attachment {
+            network: network_name,
+            ip,
+            mac: options.mac.unwrap_or_else(|| Attachment::default_mac(ip)),
+            aliases: options.aliases,
+        })
+    };
+    // What was taken for this container alone goes again if it is not created.
+    let release = |network: &Option<Attachment>| {
+        if let Some(attachment) = network {
+            let store = NetworkStore::new(&host.root);
+            let _ = store.release(&attachment.network, attachment.ip, &id);
+        }
+    };
+    let mounts = match super::mounts::resolve(&host.root, options.mounts) {
+        Ok(mounts) => mounts,
+        Err(err) => {
+            release(&network);
+            return Err(err.into());
+        }
+    };
     let mut labels: BTreeMap<String, String> =
         config.labels().clone().unwrap_or_default().into_iter().collect();
     labels.extend(options.labels);
     let config = ContainerConfig {
         hostname: options.hostname.unwrap_or_else(|| super::short_id(&id).to_string()),
-        id,
+        id: id.clone(),
         name: options.name.unwrap_or_default(),
         created: crate::time::now_nanos(),
         image: options.image,
@@ -113,6 +190,10 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         no_new_privileges: options.no_new_privileges,
         mounts,
         shm_size: options.shm_size,
+        network,
+        dns: options.dns,
+        extra_hosts: options.extra_hosts,
+        publish,
     };
     let anonymous: Vec<String> = config
         .mounts
@@ -122,8 +203,9 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
             _ => None,
         })
         .collect();
+    let network = config.network.clone();
     ContainerStore::new(&host.root).create(config).map_err(|err| {
-        // Made for this container only.
+        release(&network);
         let volumes = crate::volume::VolumeStore::new(&host.root);
         for name in &anonymous {
             let _ = volumes.remove(name);

@@ -68,6 +68,18 @@ pub struct ContainerConfig {
     /// Bytes of /dev/shm (`--shm-size`); None: docker's 64 MiB.
     #[serde(default)]
     pub shm_size: Option<u64>,
+    /// The container's network and address; None: `--network none` (only loopback).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
+    /// Nameservers for the container's resolv.conf (`--dns`); empty: the network's own.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Extra `/etc/hosts` entries (`--add-host NAME:IP`).
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, std::net::Ipv4Addr)>,
+    /// Ports published on the host (`-p`, `-P`); a host port of 0: any free one.
+    #[serde(default)]
+    pub publish: Vec<vessel_net::ports::PortMapping>,
 }
 
 /// Something mounted in the container.
@@ -139,6 +151,9 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     /// Why the container could not start or ended abnormally.
     pub error: Option<String>,
+    /// The published ports as bound while it runs (the host ports the kernel picked).
+    #[serde(default)]
+    pub ports: Vec<vessel_net::ports::PortMapping>,
 }
 
 /// A process, identified beyond its pid.
@@ -301,6 +316,7 @@ pub fn remove(host: &crate::Host, container: &Container, volumes: bool) -> Resul
         removed = store.remove(container);
     }
     removed?;
+    release_network(&host.root, container);
     if volumes {
         crate::volume::remove_anonymous(&host.root, container);
     }
@@ -308,6 +324,17 @@ pub fn remove(host: &crate::Host, container: &Container, volumes: bool) -> Resul
     let _ = std::fs::remove_dir_all(host.vm_run_dir(container.short_id()));
     crate::supervisor::remove_staged_files(host, container.id());
     Ok(())
+}
+
+/// Frees a removed container's address (a crash before this leaves a lease the next
+/// allocation reclaims).
+pub(crate) fn release_network(root: &Path, container: &Container) {
+    if let Some(attachment) = &container.config.network {
+        let store = crate::network::NetworkStore::new(root);
+        if let Err(err) = store.release(&attachment.network, attachment.ip, container.id()) {
+            tracing::warn!(error = %err, "cannot free the container's address");
+        }
+    }
 }
 
 /// True for the ids `new_id` makes.

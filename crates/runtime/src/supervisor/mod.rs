@@ -15,6 +15,7 @@ pub use launch::launch;
 
 use crate::container::logfile::{LogWriter, Stream};
 use crate::container::{Container, ContainerStore, ProcessRef, Status, StoreError};
+use crate::network::ContainerNetwork;
 use crate::process::{ProcessExit, ProcessIo, ProcessSpec};
 use crate::sandbox::{Sandbox, SandboxOptions, SHUTDOWN_TIMEOUT};
 use crate::{Host, RuntimeError};
@@ -94,6 +95,8 @@ struct Shared {
     /// The main process's terminal size, as the last attached client asked for it.
     terminal_size: std::sync::Mutex<(u16, u16)>,
     next_exec: std::sync::atomic::AtomicU32,
+    /// The DNS responder and the port proxy (holding the TAP), while the VM runs.
+    network: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A frame on its way to a client.
@@ -208,6 +211,7 @@ pub async fn run(
         volume_locks: Default::default(),
         terminal_size: std::sync::Mutex::new((24, 80)),
         next_exec: Default::default(),
+        network: Default::default(),
     });
     let server = tokio::spawn(connection::serve(listener, shared.clone()));
     let stop_on_signal = tokio::spawn(stop_on_signal(shared.clone()));
@@ -246,6 +250,9 @@ pub async fn run(
         Err(err) => tracing::warn!(error = %err, "the VM did not stop cleanly"),
     }
     remove_staged_files(host, container.id());
+    if let Some(network) = shared.network.lock().expect("not poisoned").take() {
+        network.abort();
+    }
     // The disks are free: the next container may take the volumes at once.
     shared.volume_locks.lock().expect("not poisoned").clear();
     container.state.status = Status::Exited;
@@ -273,6 +280,7 @@ pub async fn run(
     }
     if container.config.auto_remove {
         store.remove_held(&container)?;
+        crate::container::release_network(&host.root, &container);
         crate::volume::remove_anonymous(&host.root, &container);
     }
     Ok(())
@@ -289,10 +297,12 @@ async fn run_main(
         (ProcessExit { code, signal: None }, Some(message))
     };
     let config = &shared.container.config;
-    let (mut sandbox, volume_locks) = boot(host, &shared.container)
+    let (mut sandbox, volume_locks, network) = boot(host, &shared.container)
         .await
         .map_err(|err| fail(EXIT_START_FAILED, crate::error_chain(&err)))?;
     *shared.volume_locks.lock().expect("not poisoned") = volume_locks;
+    let ip = config.network.as_ref().map(|attachment| attachment.ip);
+    *shared.network.lock().expect("not poisoned") = Some(network.serve(host, ip));
     let _ = shared.agent.set(sandbox.agent().clone());
     if let Some(pid) = vessel_vm::Vm::pid(sandbox.vm()) {
         let _ = shared.vm_pid.set(pid);
@@ -405,8 +415,10 @@ pub(crate) const SUPERVISOR_LOCK: &str = "supervisor.lock";
 async fn boot(
     host: &Host,
     container: &Container,
-) -> Result<(Sandbox, Vec<std::fs::File>), RuntimeError> {
+) -> Result<(Sandbox, Vec<std::fs::File>, ContainerNetwork), RuntimeError> {
     let config = &container.config;
+    let network = ContainerNetwork::prepare(host, config).await?;
+    record_ports(host, container, network.ports())?;
     let prepared = vessel_image::snapshot::prepare(&host.root, &config.image_id)?;
     let mut disks = vec![vessel_vm::Disk { path: prepared.snapshot, read_only: true }];
     if !config.read_only {
@@ -425,6 +437,9 @@ async fn boot(
     options.shares = shares;
     options.accel = config.accel.parse().unwrap_or_default();
     options.echo_console = tracing::enabled!(tracing::Level::DEBUG);
+    if let Some(attachment) = &config.network {
+        options.nic = network.nic(attachment.mac)?;
+    }
     let mut sandbox = Sandbox::start(host, options).await?;
     let request = CreateContainerRequest {
         container_id: container.short_id().to_string(),
@@ -435,12 +450,29 @@ async fn boot(
         cpu_millis: (config.cpus * 1000.0).round() as u32,
         mounts,
         shm_size_bytes: config.shm_size.unwrap_or(0),
+        network: Some(network.agent_config()),
     };
     if let Err(err) = sandbox.agent().create_container(request).await {
         let _ = sandbox.shutdown(SHUTDOWN_TIMEOUT).await;
         return Err(err);
     }
-    Ok((sandbox, volume_locks))
+    Ok((sandbox, volume_locks, network))
+}
+
+/// Records the published ports as bound (`port`, `ps` and `inspect` read them) while the
+/// container runs.
+fn record_ports(
+    host: &Host,
+    container: &Container,
+    ports: Vec<vessel_net::ports::PortMapping>,
+) -> Result<(), RuntimeError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let store = ContainerStore::new(&host.root);
+    let mut running = store.load(container.id())?;
+    running.state.ports = ports;
+    Ok(store.save_state(&running)?)
 }
 
 /// The container's mounts as the agent takes them, adding each volume's disk to `disks`

@@ -86,6 +86,30 @@ pub struct CreateFlags {
     /// Security options: no-new-privileges[=true|false]
     #[arg(long, value_name = "OPTION", value_parser = parse_security_opt)]
     pub security_opt: Vec<bool>,
+    /// Connect to a network: a network's name, or none (default: the network "default")
+    #[arg(long, visible_alias = "net", value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// The container's IPv4 address on its network (default: the next free one)
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The container's MAC address (default: 02:76 and its IPv4 address)
+    #[arg(long, value_parser = parse_mac)]
+    pub mac_address: Option<[u8; 6]>,
+    /// Another name the container answers to on its network
+    #[arg(long = "network-alias", visible_alias = "net-alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// A nameserver for the container (default: the network's, which also knows containers)
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Add a line to /etc/hosts: NAME:IP
+    #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_add_host)]
+    pub extra_hosts: Vec<(String, std::net::Ipv4Addr)>,
+    /// Publish a container's port on the host: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp], ranges allowed
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
+    pub publish: Vec<Vec<vessel_net::ports::PortMapping>>,
+    /// Publish every port the image exposes, each on a free host port
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
     /// Accelerator: auto, kvm or tcg
     #[arg(long, default_value = "auto")]
     pub accel: vessel_vm::Accel,
@@ -166,6 +190,14 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         no_new_privileges: flags.security_opt.last().copied().unwrap_or(false),
         mounts: flags.volumes.into_iter().chain(flags.mounts).chain(flags.tmpfs).collect(),
         shm_size: flags.shm_size,
+        network: flags.network,
+        ip: flags.ip,
+        mac: flags.mac_address,
+        aliases: flags.aliases,
+        dns: flags.dns,
+        extra_hosts: flags.extra_hosts,
+        publish: flags.publish.into_iter().flatten().collect(),
+        publish_all: flags.publish_all,
     };
     Ok(vessel_runtime::container::create::create(&context.host, options)?)
 }
@@ -234,4 +266,36 @@ fn pull_if_needed(flags: &CreateFlags, context: &Context) -> anyhow::Result<()> 
         registry: flags.registry.clone(),
     };
     crate::commands::image::pull::pull(pull_args, context).map(drop)
+}
+
+fn parse_publish(spec: &str) -> Result<Vec<vessel_net::ports::PortMapping>, String> {
+    vessel_net::ports::parse_publish(spec).map_err(|err| err.to_string())
+}
+
+/// `NAME:IP`, as docker's `--add-host` (IPv4 only).
+fn parse_add_host(text: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (name, ip) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:IP (e.g. db.local:10.0.0.5)"))?;
+    let ip =
+        ip.parse().map_err(|_| format!("{ip:?} in --add-host {text} is not an IPv4 address"))?;
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("{name:?} in --add-host {text} is not a host name"));
+    }
+    Ok((name.to_string(), ip))
+}
+
+/// `aa:bb:cc:dd:ee:ff`, a unicast address.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{text:?} is not a MAC address (give six hex bytes: 02:42:ac:11:00:02)");
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| if part.len() == 2 { u8::from_str_radix(part, 16).ok() } else { None })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 == 1 {
+        return Err(format!("{text} is a multicast MAC address; a NIC needs a unicast one"));
+    }
+    Ok(mac)
 }

@@ -21,7 +21,7 @@ pub fn run(args: InspectArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let mut documents = Vec::new();
     for query in &args.names {
         match store(context).find(query) {
-            Ok(container) => documents.push(json(&container)),
+            Ok(container) => documents.push(json(&container, &context.host.root)),
             Err(StoreError::NotFound(_)) => {
                 let image = crate::commands::image::inspect_json(context, query)
                     .map_err(|_| anyhow::anyhow!("no such container or image: {query}"))?;
@@ -64,8 +64,53 @@ fn render(format: &str, document: &serde_json::Value) -> String {
     out
 }
 
+/// docker's `NetworkSettings`: the address on the container's network (kept while it
+/// exists) and the ports bound while it runs.
+fn network_settings(container: &Container, root: &std::path::Path) -> serde_json::Value {
+    let ports =
+        if container.is_running() { port_map(&container.state.ports) } else { Default::default() };
+    let Some(attachment) = &container.config.network else {
+        return serde_json::json!({"IPAddress": "", "Gateway": "", "MacAddress": "", "Ports": ports, "Networks": {}});
+    };
+    let network = vessel_runtime::network::NetworkStore::new(root).get(&attachment.network).ok();
+    let gateway = network.as_ref().map(|n| n.gateway.to_string()).unwrap_or_default();
+    let prefix = network.as_ref().map_or(0, |n| n.subnet.prefix_len());
+    let endpoint = serde_json::json!({
+        "IPAddress": attachment.ip.to_string(),
+        "IPPrefixLen": prefix,
+        "Gateway": gateway,
+        "MacAddress": attachment.mac_string(),
+        "Aliases": attachment.aliases,
+        "NetworkID": network.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+    });
+    serde_json::json!({
+        "IPAddress": attachment.ip.to_string(),
+        "IPPrefixLen": prefix,
+        "Gateway": gateway,
+        "MacAddress": attachment.mac_string(),
+        "Ports": ports,
+        "Networks": { attachment.network.clone(): endpoint },
+    })
+}
+
+/// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+fn port_map(
+    ports: &[vessel_net::ports::PortMapping],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for port in ports {
+        let key = format!("{}/{}", port.container_port, port.protocol);
+        let binding = serde_json::json!({"HostIp": port.host_ip.to_string(), "HostPort": port.host_port.to_string()});
+        match map.entry(key).or_insert_with(|| serde_json::Value::Array(Vec::new())) {
+            serde_json::Value::Array(list) => list.push(binding),
+            _ => unreachable!("inserted as an array"),
+        }
+    }
+    map
+}
+
 /// docker's `inspect` document, with the fields vessel has.
-fn json(container: &Container) -> serde_json::Value {
+fn json(container: &Container, root: &std::path::Path) -> serde_json::Value {
     let config = &container.config;
     let state = &container.state;
     let time = |nanos: Option<u64>| nanos.map_or("0001-01-01T00:00:00Z".to_string(), rfc3339);
@@ -105,8 +150,13 @@ fn json(container: &Container) -> serde_json::Value {
                 "RW": !mount.read_only,
             })
         }).collect::<Vec<_>>(),
+        "NetworkSettings": network_settings(container, root),
         "HostConfig": {
             "Memory": u64::from(config.memory_mib) << 20,
+            "NetworkMode": config.network.as_ref().map_or("none", |a| a.network.as_str()),
+            "Dns": config.dns,
+            "ExtraHosts": config.extra_hosts.iter().map(|(name, ip)| format!("{name}:{ip}")).collect::<Vec<_>>(),
+            "PortBindings": port_map(&config.publish),
             "NanoCpus": (config.cpus * 1e9).round() as u64,
             "ReadonlyRootfs": config.read_only,
             "AutoRemove": config.auto_remove,

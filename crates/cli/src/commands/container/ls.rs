@@ -38,7 +38,8 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows =
-        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
+        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+            .map(String::from)];
     for container in &containers {
         let command = quoted_command(container);
         rows.push([
@@ -52,11 +53,24 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<ExitCode> {
                 ),)
             ),
             container.status_text(),
+            ports_text(container),
             container.config.name.clone(),
         ]);
     }
     super::print_table(&rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// docker's PORTS column: `0.0.0.0:8080->80/tcp, 127.0.0.1:5353->53/udp`.
+fn ports_text(container: &Container) -> String {
+    let ports: Vec<String> = container
+        .state
+        .ports
+        .iter()
+        .filter(|_| container.is_running())
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol))
+        .collect();
+    ports.join(", ")
 }
 
 /// `"sh -c 'echo hi'"`, as docker shows a command.
@@ -88,9 +102,9 @@ fn json(container: &Container) -> serde_json::Value {
         "State": container.state.status.to_string(),
         "Status": container.status_text(),
         "Labels": labels.join(","),
-        "Ports": "",
+        "Ports": ports_text(container),
         "Mounts": "",
-        "Networks": "",
+        "Networks": container.config.network.as_ref().map(|a| a.network.clone()).unwrap_or_default(),
         "Size": "",
     })
 }

@@ -16,6 +16,7 @@ mod inspect;
 mod kill;
 mod logs;
 mod ls;
+mod port;
 mod prune;
 mod rm;
 pub mod run;
@@ -63,6 +64,8 @@ pub enum ContainerCommand {
     Stats(stats::StatsArgs),
     /// Copy files between a container and the host
     Cp(cp::CpArgs),
+    /// List a running container's published ports
+    Port(port::PortArgs),
     /// Remove all stopped containers
     Prune(prune::PruneArgs),
     /// (internal) Own a container's VM while it runs
@@ -99,6 +102,8 @@ pub enum Shortcut {
     Stats(stats::StatsArgs),
     /// Copy files between a container and the host (`vessel container cp`)
     Cp(cp::CpArgs),
+    /// List a running container's published ports (`vessel container port`)
+    Port(port::PortArgs),
 }
 
 impl From<Shortcut> for ContainerCommand {
@@ -117,6 +122,7 @@ impl From<Shortcut> for ContainerCommand {
             Shortcut::Wait(args) => ContainerCommand::Wait(args),
             Shortcut::Stats(args) => ContainerCommand::Stats(args),
             Shortcut::Cp(args) => ContainerCommand::Cp(args),
+            Shortcut::Port(args) => ContainerCommand::Port(args),
         }
     }
 }
@@ -136,6 +142,7 @@ pub fn run(command: ContainerCommand, context: &Context) -> anyhow::Result<ExitC
         ContainerCommand::Wait(args) => wait::run(args, context),
         ContainerCommand::Stats(args) => stats::run(args, context),
         ContainerCommand::Cp(args) => cp::run(args, context),
+        ContainerCommand::Port(args) => port::run(args, context),
         ContainerCommand::Prune(args) => prune::run(args, context),
         ContainerCommand::Supervise(args) => supervise::run(args, context),
     }
