@@ -54,9 +54,20 @@ impl TestRoot {
 }
 
 /// A test that fails midway may leave detached containers running: their supervisors (and
-/// with them their VMs) go with the test's root.
+/// with them their VMs) go with the test's root. Its networks go too: their bridges and
+/// rules are kernel state that would outlive the directory.
 impl Drop for TestRoot {
     fn drop(&mut self) {
+        if self.path().join("networks").exists() {
+            let listed = self.run(&["ps", "-a", "-q"]);
+            let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
+            let mut rm = vec!["rm", "-f"];
+            rm.extend(ids.split_whitespace());
+            if rm.len() > 2 {
+                let _ = self.run(&rm);
+            }
+            let _ = self.run(&["network", "prune", "--force"]);
+        }
         let root = self.path().display().to_string();
         for process in processes_mentioning(&root) {
             if let Some(pid) = process.split(':').next().and_then(|pid| pid.parse::<i32>().ok()) {
