@@ -4,10 +4,10 @@
 //! through a small DNS responder, and published ports through a userspace proxy. Nothing
 //! here knows about containers or VMs.
 
-pub mod tap;
-pub mod subnet;
+pub mod dns;
 pub mod link;
 pub mod nft;
-pub mod dns;
 pub mod ports;
 pub mod proxy;
+pub mod subnet;
+pub mod tap;
