@@ -189,7 +189,9 @@ fn enable_ip_forward_turns_it_on_in_the_namespace_only() {
     let read = || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let host_before = read();
     in_namespace(move || async move {
-        assert_eq!(read().trim(), "0", "a fresh namespace starts without forwarding");
+        // A new namespace copies the host's value, so turn it off here first.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+        assert_eq!(read().trim(), "0");
         nft::enable_ip_forward().unwrap();
         assert_eq!(read().trim(), "1");
         nft::enable_ip_forward().unwrap();
