@@ -388,3 +388,107 @@ fn a_killed_supervisor_leaves_no_tap_and_a_busy_port_is_a_clear_error() {
     // Its port is free again.
     namespace.ok(&root, &["run", "--rm", "-p", "127.0.0.1:9000:80", IMAGE, "true"]);
 }
+
+/// A stand-in for the host's resolver, inside the namespace: knows only `outside.test`,
+/// whose A record is `answer`; every other name does not exist.
+fn fake_resolver(namespace: &Namespace, answer: Ipv4Addr) {
+    let socket = namespace.enter(|| UdpSocket::bind("127.0.0.1:53").unwrap());
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buffer) {
+            // Header, then the question: name labels, a zero, type and class.
+            let Some(end) = buffer[12..n].iter().position(|&b| b == 0).map(|p| 12 + p + 5) else {
+                continue;
+            };
+            let known = &buffer[12..end - 4] == b"\x07outside\x04test\x00";
+            let is_a = known && buffer.get(end - 4..end - 2) == Some(&[0, 1]);
+            let mut reply = buffer[..end].to_vec();
+            reply[2] = 0x81; // response, recursion desired
+            reply[3] = if known { 0x80 } else { 0x83 }; // recursion available; NXDOMAIN
+            reply[6..8].copy_from_slice(&[0, u8::from(is_a)]);
+            reply[8..12].fill(0);
+            if is_a {
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend_from_slice(&answer.octets());
+            }
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+}
+
+#[test]
+fn aliases_the_hosts_resolvers_and_docker_s_network_flags() {
+    let root = busybox_root();
+    let namespace = Namespace::new();
+    // `ip netns exec` puts /etc/netns/<ns>/resolv.conf over the host's /etc/resolv.conf.
+    let etc = std::path::PathBuf::from("/etc/netns").join(&namespace.name);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\nsearch example.test\n").unwrap();
+    let _etc = RemoveOnDrop(etc);
+    fake_resolver(&namespace, Ipv4Addr::new(192, 0, 2, 7));
+
+    namespace.ok(
+        &root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network-alias",
+            "www",
+            "-e",
+            "BODY=aliased",
+            "-P",
+            IMAGE,
+            "sh",
+            "-c",
+            WEB,
+        ],
+    );
+    // -P: the image's EXPOSE 80/tcp, on a port the kernel picked, on every address.
+    let port = namespace.ok(&root, &["port", "web", "80"]);
+    let published: SocketAddr = port.trim().parse().unwrap();
+    assert_eq!(published.ip().to_string(), "0.0.0.0", "{port}");
+    let page = namespace.enter(|| http_get(SocketAddr::from(([127, 0, 0, 1], published.port()))));
+    assert!(page.contains("aliased"), "{page}");
+
+    let script = "wget -q -O - http://www/; nslookup outside.test; grep db.local /etc/hosts; \
+                  cat /sys/class/net/eth0/address /etc/resolv.conf";
+    let output = namespace.ok(
+        &root,
+        &[
+            "run",
+            "--rm",
+            "--add-host",
+            "db.local:10.9.9.9",
+            "--mac-address",
+            "02:42:ac:11:00:99",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(output.contains("aliased"), "the alias resolves: {output}");
+    assert!(output.contains("192.0.2.7"), "other names go to the host's resolver: {output}");
+    assert!(output.contains("10.9.9.9\tdb.local"), "{output}");
+    assert!(output.contains("02:42:ac:11:00:99"), "{output}");
+    assert!(output.contains("search example.test"), "the host's search domains: {output}");
+
+    let own_dns = namespace
+        .ok(&root, &["run", "--rm", "--dns", "10.1.1.1", IMAGE, "cat", "/etc/resolv.conf"]);
+    assert!(own_dns.starts_with("nameserver 10.1.1.1\n"), "{own_dns}");
+    let bad = namespace
+        .vessel(&root, &["run", "--rm", "--mac-address", "01:00:5e:00:00:01", IMAGE, "true"]);
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("multicast"));
+    namespace.ok(&root, &["rm", "-f", "web"]);
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

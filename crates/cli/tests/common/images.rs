@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestImage {
     /// busybox-static with every applet as a symlink in /bin; users root, `tester` (uid 1000,
-    /// groups tester, users and extra) and nobody. CMD /bin/sh.
+    /// groups tester, users and extra) and nobody. CMD /bin/sh; EXPOSE 80/tcp.
     Busybox,
     /// `debootstrap --variant=minbase bookworm` from the Debian mirror apt uses. CMD bash.
     Debian,
