@@ -76,6 +76,8 @@ pub enum CreateError {
     Mount(#[from] super::mounts::MountError),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error("--network host is not possible: the container has a kernel of its own (publish ports with -p instead)")]
+    HostNetwork,
     #[error("{0} needs a network (it cannot go with --network none)")]
     NeedsNetwork(&'static str),
     #[error("the image exposes an unreadable port {spec:?}")]
@@ -125,6 +127,9 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
     }
     let id = super::new_id();
     let network_name = options.network.unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+    if network_name == "host" {
+        return Err(CreateError::HostNetwork);
+    }
     let network = if network_name == NO_NETWORK {
         let needs = [
             (!publish.is_empty(), "publishing ports"),
