@@ -107,10 +107,10 @@ pub struct ContainerNetwork {
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 impl ContainerNetwork {
-    /// Brings the network up if it is not (a reboot clears it), makes the container's TAP,
-    /// and binds its DNS responder and its published ports, all before the VM boots, so a
-    /// port in use fails the start with a clear error.
-    pub async fn prepare(host: &Host, config: &ContainerConfig) -> Result<Self, NetworkError> {
+    /// What the VM needs at launch: the container's TAP (not yet on its bridge) and the
+    /// guest's configuration. Quick, so the boot starts at once; [`Self::connect`] does the
+    /// rest while the VM boots.
+    pub fn open(host: &Host, config: &ContainerConfig) -> Result<Self, NetworkError> {
         let host_resolv = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
         let Some(attachment) = &config.network else {
             let (hosts, resolv, hostname) = container_files(config, None, &host_resolv);
@@ -127,24 +127,8 @@ impl ContainerNetwork {
                 },
             });
         };
-        let store = NetworkStore::new(&host.root);
-        let network = store.get(&attachment.network)?;
-        store.bring_up(&network)?;
-        remove_stale_taps(host, &network)?;
-        let tap = Tap::create(&tap_name(&config.id))?;
-        let (tap_name, bridge) = (tap.name().to_string(), network.bridge());
-        super::kernel::with_netlink(|netlink| async move {
-            Ok(netlink.attach_to_bridge(&tap_name, &bridge).await?)
-        })?;
-        let dns = match DnsServer::bind(SocketAddr::from((network.gateway, 53))) {
-            Ok(dns) => Some(dns),
-            Err(err) => {
-                // Addresses still work; only names will not resolve.
-                tracing::warn!(error = %err, "no DNS responder for the container's network");
-                None
-            }
-        };
-        let ports = PublishedPorts::bind(&config.publish).await?;
+        let network = NetworkStore::new(&host.root).get(&attachment.network)?;
+        let tap = open_tap(&tap_name(&config.id))?;
         let (hosts, resolv, hostname) = container_files(config, Some(&network), &host_resolv);
         let agent_config = NetworkConfig {
             address: attachment.ip.to_string(),
@@ -158,10 +142,45 @@ impl ContainerNetwork {
         Ok(ContainerNetwork {
             network: Some(network),
             tap: Some(tap),
-            dns,
-            ports: Some(ports),
+            dns: None,
+            ports: None,
             agent_config,
         })
+    }
+
+    /// Brings the network up if it is not (a reboot clears it), puts the TAP on its bridge,
+    /// and binds the DNS responder and the published ports; a port in use fails the start
+    /// with a clear error. Runs while the VM boots: the guest sends nothing before it is
+    /// configured, after boot.
+    pub async fn connect(
+        &mut self,
+        host: &Host,
+        publish: &[PortMapping],
+    ) -> Result<(), NetworkError> {
+        let (Some(network), Some(tap)) = (&self.network, &self.tap) else { return Ok(()) };
+        let (host_owned, network_owned, tap_name) =
+            (host.clone(), network.clone(), tap.name().to_string());
+        // Netlink and nft block: off the runtime's thread, which is booting the VM.
+        tokio::task::spawn_blocking(move || {
+            NetworkStore::new(&host_owned.root).bring_up(&network_owned)?;
+            remove_stale_taps(&host_owned, &network_owned)?;
+            let bridge = network_owned.bridge();
+            super::kernel::with_netlink(|netlink| async move {
+                Ok(netlink.attach_to_bridge(&tap_name, &bridge).await?)
+            })
+        })
+        .await
+        .expect("the network's set-up panicked")?;
+        self.dns = match DnsServer::bind(SocketAddr::from((network.gateway, 53))) {
+            Ok(dns) => Some(dns),
+            Err(err) => {
+                // Addresses still work; only names will not resolve.
+                tracing::warn!(error = %err, "no DNS responder for the container's network");
+                None
+            }
+        };
+        self.ports = Some(PublishedPorts::bind(publish).await?);
+        Ok(())
     }
 
     /// The VM's NIC (None: `--network none`).
@@ -207,6 +226,24 @@ impl ContainerNetwork {
             tokio::join!(dns, proxy);
             std::future::pending::<()>().await;
         })
+    }
+}
+
+/// Creates the TAP `name`. One of that name still there (its VM killed a moment ago, the
+/// kernel not yet done with it, or someone else's) is deleted first.
+fn open_tap(name: &str) -> Result<Tap, NetworkError> {
+    match Tap::create(name) {
+        Ok(tap) => Ok(tap),
+        Err(first) => {
+            let owned = name.to_string();
+            let existed = super::kernel::with_netlink(|netlink| async move {
+                Ok(netlink.delete_link(&owned).await?)
+            })?;
+            if !existed {
+                return Err(first.into());
+            }
+            Ok(Tap::create(name)?)
+        }
     }
 }
 

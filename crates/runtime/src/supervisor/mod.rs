@@ -417,8 +417,7 @@ async fn boot(
     container: &Container,
 ) -> Result<(Sandbox, Vec<std::fs::File>, ContainerNetwork), RuntimeError> {
     let config = &container.config;
-    let network = ContainerNetwork::prepare(host, config).await?;
-    record_ports(host, container, network.ports())?;
+    let mut network = ContainerNetwork::open(host, config)?;
     let prepared = vessel_image::snapshot::prepare(&host.root, &config.image_id)?;
     let mut disks = vec![vessel_vm::Disk { path: prepared.snapshot, read_only: true }];
     if !config.read_only {
@@ -440,7 +439,17 @@ async fn boot(
     if let Some(attachment) = &config.network {
         options.nic = network.nic(attachment.mac)?;
     }
-    let mut sandbox = Sandbox::start(host, options).await?;
+    // The host's side of the network is set up while the VM boots.
+    let (sandbox, connected) =
+        tokio::join!(Sandbox::start(host, options), network.connect(host, &config.publish));
+    let mut sandbox = sandbox?;
+    if let Err(err) = connected
+        .map_err(RuntimeError::from)
+        .and_then(|()| record_ports(host, container, network.ports()))
+    {
+        let _ = sandbox.kill().await;
+        return Err(err);
+    }
     let request = CreateContainerRequest {
         container_id: container.short_id().to_string(),
         image_device: "/dev/vda".into(),
