@@ -188,6 +188,19 @@ fn containers_reach_each_other_and_the_host_reaches_them_by_address_and_publishe
     assert!(output.contains(&format!("nameserver {gateway}")), "{output}");
     assert!(output.lines().any(|l| l == "client"), "{output}");
 
+    // The DNS responder answers the bridge only: asked from the host's side (here, the
+    // namespace), at port 53 or at its own port, it is silent.
+    let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01";
+    let answered = namespace.enter(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        [53, 10053].map(|port| {
+            socket.send_to(query, SocketAddr::from((gateway, port))).unwrap();
+            socket.recv(&mut [0u8; 512]).is_ok()
+        })
+    });
+    assert_eq!(answered, [false, false], "the DNS responder answered the host's side");
+
     namespace.ok(&root, &["rm", "-f", "web"]);
     let links = namespace.ip(&["-o", "link"]);
     assert!(!links.contains("vt-"), "a TAP outlived its container: {links}");
@@ -452,13 +465,17 @@ fn aliases_the_hosts_resolvers_and_docker_s_network_flags() {
     let page = namespace.enter(|| http_get(SocketAddr::from(([127, 0, 0, 1], published.port()))));
     assert!(page.contains("aliased"), "{page}");
 
-    let script = "wget -q -O - http://www/; nslookup outside.test; grep db.local /etc/hosts; \
+    let script = "wget -q -O - http://www/; nslookup outside.test; grep local /etc/hosts; \
                   cat /sys/class/net/eth0/address /etc/resolv.conf";
     let output = namespace.ok(
         &root,
         &[
             "run",
             "--rm",
+            "--network",
+            "bridge",
+            "--add-host",
+            "gw.local:host-gateway",
             "--add-host",
             "db.local:10.9.9.9",
             "--mac-address",
@@ -472,12 +489,19 @@ fn aliases_the_hosts_resolvers_and_docker_s_network_flags() {
     assert!(output.contains("aliased"), "the alias resolves: {output}");
     assert!(output.contains("192.0.2.7"), "other names go to the host's resolver: {output}");
     assert!(output.contains("10.9.9.9\tdb.local"), "{output}");
+    let web = address(&namespace, &root, "web");
+    let gateway = Ipv4Addr::from(u32::from(web) & 0xffff_ff00 | 1);
+    assert!(output.contains(&format!("{gateway}\tgw.local")), "host-gateway: {output}");
     assert!(output.contains("02:42:ac:11:00:99"), "{output}");
     assert!(output.contains("search example.test"), "the host's search domains: {output}");
 
     let own_dns = namespace
         .ok(&root, &["run", "--rm", "--dns", "10.1.1.1", IMAGE, "cat", "/etc/resolv.conf"]);
     assert!(own_dns.starts_with("nameserver 10.1.1.1\n"), "{own_dns}");
+    let injected =
+        namespace.vessel(&root, &["run", "--rm", "--hostname", "a\n1.2.3.4 b", IMAGE, "true"]);
+    assert_eq!(injected.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&injected.stderr).contains("invalid host name"));
     let bad = namespace
         .vessel(&root, &["run", "--rm", "--mac-address", "01:00:5e:00:00:01", IMAGE, "true"]);
     assert_eq!(bad.status.code(), Some(125));

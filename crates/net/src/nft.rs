@@ -21,8 +21,11 @@ pub struct NetworkRules<'a> {
     pub bridge: &'a str,
     pub subnet: Subnet,
     /// No way out: no masquerade, and the containers reach only each other and the
-    /// gateway.
+    /// gateway's DNS.
     pub internal: bool,
+    /// Where the network's DNS responder listens on the gateway address; the guests ask
+    /// port 53, which these rules redirect there.
+    pub dns_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,39 +51,64 @@ fn permission_hint(stderr: &str) -> &'static str {
 }
 
 /// The text fed to `nft -f -`. Adding then flushing the table before defining it makes
-/// the file idempotent: applying it again replaces the rules instead of doubling them.
+/// the file idempotent: applying it again replaces the rules instead of doubling them. The
+/// table is `inet`, so its filter chains hold IPv6 too (the guests have link-local IPv6).
 ///
-/// Forwarding from the bridge is accepted, and traffic to it only as replies: published
-/// ports reach containers through the supervisor's proxy, a local socket, so nothing
-/// needs to be forwarded in unasked. That also keeps networks apart from each other.
+/// - DNS: the guests' port 53 on the gateway goes to the responder's port, which answers
+///   the bridge only (no open resolver for the host's other neighbours), and leaves port
+///   53 free for the host's own services and published ports.
+/// - Forwarding from the bridge is accepted for the subnet's own source addresses (no
+///   spoofing), and traffic to it only as replies: published ports reach containers
+///   through the supervisor's proxy, a local socket, so nothing needs to be forwarded in
+///   unasked. That also keeps networks apart from each other.
+/// - Internal: nothing forwarded off the bridge, and of the host only the DNS responder.
 pub fn ruleset(rules: &NetworkRules) -> String {
-    let NetworkRules { table, bridge, subnet, internal } = *rules;
-    let mut text = format!("add table ip {table}\nflush table ip {table}\ntable ip {table} {{\n");
-    if internal {
-        let gateway = subnet.gateway();
-        text.push_str(&format!(
-            "\tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname \"{bridge}\" oifname \"{bridge}\" accept\n\
-             \t\tiifname \"{bridge}\" drop\n\
-             \t\toifname \"{bridge}\" drop\n\
-             \t}}\n\
-             \tchain input {{\n\
-             \t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tiifname \"{bridge}\" ip daddr != {gateway} drop\n\
-             \t}}\n"
-        ));
+    let NetworkRules { table, bridge, subnet, internal, dns_port } = *rules;
+    let gateway = subnet.gateway();
+    let dns = format!("ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport");
+    let mut text =
+        format!("add table inet {table}\nflush table inet {table}\ntable inet {table} {{\n");
+    text.push_str(&format!(
+        "\tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         \t\tiifname \"{bridge}\" {dns} 53 redirect to :{dns_port}\n\
+         \t}}\n"
+    ));
+    let (input, forward) = if internal {
+        (
+            format!(
+                "\t\tiifname \"{bridge}\" {dns} {dns_port} accept\n\
+                 \t\tiifname \"{bridge}\" drop\n"
+            ),
+            format!("\t\tiifname \"{bridge}\" oifname \"{bridge}\" accept\n"),
+        )
     } else {
+        (
+            String::new(),
+            format!(
+                "\t\tiifname \"{bridge}\" ip saddr {subnet} accept\n\
+                 \t\toifname \"{bridge}\" ct state established,related accept\n"
+            ),
+        )
+    };
+    text.push_str(&format!(
+        "\tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname != \"{bridge}\" {dns} {dns_port} drop\n\
+         {input}\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         {forward}\
+         \t\tiifname \"{bridge}\" drop\n\
+         \t\toifname \"{bridge}\" drop\n\
+         \t}}\n"
+    ));
+    if !internal {
         text.push_str(&format!(
             "\tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
-             \t}}\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname \"{bridge}\" accept\n\
-             \t\toifname \"{bridge}\" ct state established,related accept\n\
-             \t\toifname \"{bridge}\" drop\n\
              \t}}\n"
         ));
     }
@@ -92,7 +120,7 @@ pub fn ruleset(rules: &NetworkRules) -> String {
 pub fn apply(rules: &NetworkRules) -> Result<(), NftError> {
     check_name(rules.table)?;
     check_name(rules.bridge)?;
-    let action = format!("apply the rules of table ip {}", rules.table);
+    let action = format!("apply the rules of table inet {}", rules.table);
     nft(&["-f", "-"], Some(&ruleset(rules)), action)?;
     Ok(())
 }
@@ -100,7 +128,7 @@ pub fn apply(rules: &NetworkRules) -> Result<(), NftError> {
 /// Deletes the table and every rule in it; false if it was absent.
 pub fn delete_table(table: &str) -> Result<bool, NftError> {
     check_name(table)?;
-    match nft(&["delete", "table", "ip", table], None, format!("delete table ip {table}")) {
+    match nft(&["delete", "table", "inet", table], None, format!("delete table inet {table}")) {
         Ok(_) => Ok(true),
         // nft 1.0.6 has no `destroy`: an absent table is an error, told apart afterwards.
         Err(err @ NftError::Failed { .. }) => match table_exists(table)? {
@@ -113,8 +141,8 @@ pub fn delete_table(table: &str) -> Result<bool, NftError> {
 
 pub fn table_exists(table: &str) -> Result<bool, NftError> {
     check_name(table)?;
-    let listing = nft(&["list", "tables", "ip"], None, "list the ip tables".into())?;
-    let wanted = format!("table ip {table}");
+    let listing = nft(&["list", "tables", "inet"], None, "list the inet tables".into())?;
+    let wanted = format!("table inet {table}");
     Ok(String::from_utf8_lossy(&listing.stdout).lines().any(|line| line.trim() == wanted))
 }
 
@@ -182,24 +210,34 @@ mod tests {
             bridge: "vs-1234abcd",
             subnet: "10.213.0.0/24".parse().unwrap(),
             internal,
+            dns_port: 10053,
         }
     }
 
     #[test]
     fn a_network_masquerades_and_forwards_from_its_bridge() {
         let expected = "\
-add table ip vessel_1234abcd
-flush table ip vessel_1234abcd
-table ip vessel_1234abcd {
-\tchain postrouting {
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr 10.213.0.0/24 ip daddr != 10.213.0.0/24 masquerade
+add table inet vessel_1234abcd
+flush table inet vessel_1234abcd
+table inet vessel_1234abcd {
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname \"vs-1234abcd\" ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 53 redirect to :10053
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname != \"vs-1234abcd\" ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 10053 drop
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
-\t\tiifname \"vs-1234abcd\" accept
+\t\tiifname \"vs-1234abcd\" ip saddr 10.213.0.0/24 accept
 \t\toifname \"vs-1234abcd\" ct state established,related accept
+\t\tiifname \"vs-1234abcd\" drop
 \t\toifname \"vs-1234abcd\" drop
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.213.0.0/24 ip daddr != 10.213.0.0/24 masquerade
 \t}
 }
 ";
@@ -207,24 +245,30 @@ table ip vessel_1234abcd {
     }
 
     #[test]
-    fn an_internal_network_reaches_only_itself_and_its_gateway() {
+    fn an_internal_network_reaches_only_itself_and_its_gateway_s_dns() {
         let text = ruleset(&rules(true));
         assert!(!text.contains("masquerade"), "{text}");
         assert!(!text.contains("postrouting"), "{text}");
-        assert!(text.starts_with("add table ip vessel_1234abcd\nflush table ip vessel_1234abcd\n"));
+        assert!(
+            text.starts_with("add table inet vessel_1234abcd\nflush table inet vessel_1234abcd\n")
+        );
         for rule in [
             "iifname \"vs-1234abcd\" oifname \"vs-1234abcd\" accept\n",
             "iifname \"vs-1234abcd\" drop\n",
             "oifname \"vs-1234abcd\" drop\n",
-            "type filter hook input priority filter; policy accept;\n",
-            "iifname \"vs-1234abcd\" ip daddr != 10.213.0.1 drop\n",
+            "iifname \"vs-1234abcd\" ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 10053 accept\n",
         ] {
             assert!(text.contains(rule), "missing {rule:?} in\n{text}");
         }
-        // The bridge-to-bridge accept must come before the drops.
-        assert!(
-            text.find("oifname \"vs-1234abcd\" accept") < text.find("iifname \"vs-1234abcd\" drop")
-        );
+        // In each chain, the accepts come before the drops.
+        let chain = |name: &str| {
+            let start = text.find(&format!("chain {name} {{")).unwrap();
+            text[start..].split("\t}").next().unwrap().to_string()
+        };
+        let (input, forward) = (chain("input"), chain("forward"));
+        let drop = "iifname \"vs-1234abcd\" drop";
+        assert!(forward.find("oifname \"vs-1234abcd\" accept") < forward.find(drop));
+        assert!(input.find("10053 accept").unwrap() < input.find(drop).unwrap());
     }
 
     #[test]

@@ -157,8 +157,13 @@ fn host_subnets_sees_addresses_and_routes_but_not_the_default_route() {
 fn nft_tables_are_applied_idempotently_and_deleted() {
     in_namespace(|| async {
         let subnet: Subnet = "10.213.0.0/24".parse().unwrap();
-        let open =
-            NetworkRules { table: "vessel_0000test", bridge: "vs-test", subnet, internal: false };
+        let open = NetworkRules {
+            table: "vessel_0000test",
+            bridge: "vs-test",
+            subnet,
+            internal: false,
+            dns_port: 10053,
+        };
         let internal =
             NetworkRules { table: "vessel_1111test", bridge: "vs-int", internal: true, ..open };
         assert!(!nft::table_exists(open.table).unwrap());
@@ -166,14 +171,15 @@ fn nft_tables_are_applied_idempotently_and_deleted() {
         nft::apply(&open).unwrap();
         nft::apply(&open).unwrap();
         assert!(nft::table_exists(open.table).unwrap());
-        let listing = run("nft", &["list", "table", "ip", open.table]);
+        let listing = run("nft", &["list", "table", "inet", open.table]);
         assert_eq!(listing.matches("masquerade").count(), 1, "{listing}");
         assert!(listing.contains("ip saddr 10.213.0.0/24 ip daddr != 10.213.0.0/24 masquerade"));
 
         nft::apply(&internal).unwrap();
-        let listing = run("nft", &["list", "table", "ip", internal.table]);
+        let listing = run("nft", &["list", "table", "inet", internal.table]);
         assert!(!listing.contains("masquerade"), "{listing}");
-        assert!(listing.contains("iifname \"vs-int\" ip daddr != 10.213.0.1 drop"), "{listing}");
+        assert!(listing.contains("th dport 10053 accept"), "{listing}");
+        assert!(listing.contains("redirect to :10053"), "{listing}");
 
         for table in [open.table, internal.table] {
             assert!(nft::delete_table(table).unwrap());

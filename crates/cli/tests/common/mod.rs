@@ -67,6 +67,7 @@ impl Drop for TestRoot {
                 let _ = self.run(&rm);
             }
             let _ = self.run(&["network", "prune", "--force"]);
+            let _ = self.run(&["network", "rm", "default"]);
         }
         let root = self.path().display().to_string();
         for process in processes_mentioning(&root) {

@@ -52,8 +52,8 @@ pub struct CreateOptions {
     /// `--network-alias`.
     pub aliases: Vec<String>,
     pub dns: Vec<Ipv4Addr>,
-    /// `--add-host NAME:IP`.
-    pub extra_hosts: Vec<(String, Ipv4Addr)>,
+    /// `--add-host NAME:IP`; None for `host-gateway` (the network's gateway).
+    pub extra_hosts: Vec<(String, Option<Ipv4Addr>)>,
     /// `-p`.
     pub publish: Vec<PortMapping>,
     /// `-P`: every port the image exposes, each on a free host port.
@@ -78,6 +78,8 @@ pub enum CreateError {
     Network(#[from] NetworkError),
     #[error("--network host is not possible: the container has a kernel of its own (publish ports with -p instead)")]
     HostNetwork,
+    #[error("invalid host name {0:?}: use letters, digits, '-' and '.', at most 63 bytes")]
+    HostName(String),
     #[error("{0} needs a network (it cannot go with --network none)")]
     NeedsNetwork(&'static str),
     #[error("the image exposes an unreadable port {spec:?}")]
@@ -130,27 +132,40 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
     if network_name == "host" {
         return Err(CreateError::HostNetwork);
     }
-    let network = if network_name == NO_NETWORK {
+    if let Some(bad) = std::iter::once(&options.hostname)
+        .flatten()
+        .chain(&options.aliases)
+        .find(|name| !valid_hostname(name))
+    {
+        return Err(CreateError::HostName(bad.clone()));
+    }
+    let (network, gateway) = if network_name == NO_NETWORK {
         let needs = [
             (!publish.is_empty(), "publishing ports"),
             (options.ip.is_some(), "--ip"),
             (!options.aliases.is_empty(), "--network-alias"),
+            (options.extra_hosts.iter().any(|(_, ip)| ip.is_none()), "host-gateway"),
         ];
         if let Some((_, what)) = needs.iter().find(|(given, _)| *given) {
             return Err(CreateError::NeedsNetwork(what));
         }
-        None
+        (None, None)
     } else {
-        let store = NetworkStore::new(&host.root);
-        let network = store.get_or_default(&network_name)?;
-        let ip = store.allocate(&network, &id, options.ip)?;
-        Some(Attachment {
-            network: network_name,
+        let (network, ip) = lease(host, &network_name, &id, options.ip)?;
+        let attachment = Attachment {
+            network: network.name,
             ip,
             mac: options.mac.unwrap_or_else(|| Attachment::default_mac(ip)),
             aliases: options.aliases,
-        })
+        };
+        (Some(attachment), Some(network.gateway))
     };
+    // `host-gateway` is the host as the container reaches it: its network's gateway.
+    let extra_hosts = options
+        .extra_hosts
+        .into_iter()
+        .filter_map(|(name, ip)| Some((name, ip.or(gateway)?)))
+        .collect();
     // What was taken for this container alone goes again if it is not created.
     let release = |network: &Option<Attachment>| {
         if let Some(attachment) = network {
@@ -197,7 +212,7 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         shm_size: options.shm_size,
         network,
         dns: options.dns,
-        extra_hosts: options.extra_hosts,
+        extra_hosts,
         publish,
     };
     let anonymous: Vec<String> = config
@@ -217,6 +232,40 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
         }
         CreateError::Store(err)
     })
+}
+
+/// An address on the network `query` (a name, an id prefix, or docker's `bridge` for the
+/// default one, made on first use). The default network may be pruned between finding it
+/// and leasing from it: then it is made again, once.
+fn lease(
+    host: &Host,
+    query: &str,
+    container: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<(crate::network::Network, Ipv4Addr), NetworkError> {
+    let store = NetworkStore::new(&host.root);
+    let default = query == DEFAULT_NETWORK || query == "bridge";
+    let mut attempts = 0;
+    loop {
+        let network =
+            if default { store.get_or_default(DEFAULT_NETWORK)? } else { store.find(query)? };
+        match store.allocate(&network, container, ip) {
+            Err(NetworkError::NotFound(_)) if default && attempts == 0 => attempts += 1,
+            other => return other.map(|ip| (network, ip)),
+        }
+    }
+}
+
+/// RFC 1123 host names, within `sethostname`'s limit: they go into /etc/hosts and DNS.
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The capabilities `--cap-add` and `--cap-drop` leave of docker's default set (None: the

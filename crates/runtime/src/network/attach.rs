@@ -74,11 +74,11 @@ pub fn container_files(
     } else if let Some(network) = network {
         vec![network.gateway.to_string()]
     } else {
-        host_resolv_conf
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("nameserver"))
-            .map(|server| server.trim().to_string())
-            .filter(|server| !server.starts_with("127.") && server != "::1")
+        vessel_net::dns::upstreams_from_resolv_conf(host_resolv_conf)
+            .into_iter()
+            .map(|server| server.ip())
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| ip.to_string())
             .collect()
     };
     for server in nameservers {
@@ -171,7 +171,7 @@ impl ContainerNetwork {
         })
         .await
         .expect("the network's set-up panicked")?;
-        self.dns = match DnsServer::bind(SocketAddr::from((network.gateway, 53))) {
+        self.dns = match DnsServer::bind(SocketAddr::from((network.gateway, super::DNS_PORT))) {
             Ok(dns) => Some(dns),
             Err(err) => {
                 // Addresses still work; only names will not resolve.
@@ -212,8 +212,15 @@ impl ContainerNetwork {
             let _tap = tap;
             let dns = async {
                 if let (Some(dns), Some(network)) = (dns, network) {
-                    let host_resolv = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
-                    let upstreams = vessel_net::dns::upstreams_from_resolv_conf(&host_resolv);
+                    // An internal network resolves its containers' names only: a relay
+                    // out would be a way out.
+                    let upstreams = if network.internal {
+                        Vec::new()
+                    } else {
+                        let host_resolv =
+                            std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
+                        vessel_net::dns::upstreams_from_resolv_conf(&host_resolv)
+                    };
                     let names = Arc::new(NetworkNames::new(&root, network));
                     dns.serve(names, upstreams).await;
                 }

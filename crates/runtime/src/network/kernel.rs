@@ -52,9 +52,15 @@ pub(super) fn bring_up(network: &Network) -> Result<(), NetworkError> {
             bridge: &bridge,
             subnet: network.subnet,
             internal: network.internal,
+            dns_port: super::DNS_PORT,
         })?;
     }
     Ok(())
+}
+
+pub(super) fn bridge_exists(network: &Network) -> Result<bool, NetworkError> {
+    let bridge = network.bridge();
+    with_netlink(|netlink| async move { Ok(netlink.link_exists(&bridge).await?) })
 }
 
 /// Deletes the bridge and the rules; what is already gone is fine.

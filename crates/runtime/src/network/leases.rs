@@ -20,7 +20,8 @@ pub struct Lease {
 }
 
 impl NetworkStore {
-    /// The leases in force, reclaiming those whose container no longer exists.
+    /// The leases on the network (a read: a stale one is reclaimed only under the
+    /// network's lock, by [`Self::allocate`] and network removal).
     pub fn leases(&self, network: &Network) -> Result<Vec<Lease>, NetworkError> {
         let dir = network.leases_dir();
         let entries = match std::fs::read_dir(&dir) {
@@ -30,20 +31,25 @@ impl NetworkStore {
         };
         let mut leases = Vec::new();
         for entry in entries.flatten() {
-            let path = entry.path();
             let Some(ip) = entry.file_name().to_str().and_then(|name| name.parse().ok()) else {
                 continue; // a temporary file, or not ours
             };
-            let Ok(container) = std::fs::read_to_string(&path) else { continue };
-            let container = container.trim().to_string();
-            if self.container_gone(&container) && older_than(&path, CREATION_GRACE) {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            leases.push(Lease { ip, container });
+            let Ok(container) = std::fs::read_to_string(entry.path()) else { continue };
+            leases.push(Lease { ip, container: container.trim().to_string() });
         }
         leases.sort_by_key(|lease| lease.ip);
         Ok(leases)
+    }
+
+    /// Deletes the leases whose container no longer exists. The caller holds the lock.
+    pub(super) fn reclaim_stale_leases(&self, network: &Network) -> Result<(), NetworkError> {
+        for lease in self.leases(network)? {
+            let path = network.leases_dir().join(lease.ip.to_string());
+            if self.container_gone(&lease.container) && older_than(&path, CREATION_GRACE) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
     }
 
     /// Leases an address of `network` to `container`: `requested` (`--ip`) if it is free,
@@ -55,6 +61,12 @@ impl NetworkStore {
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, NetworkError> {
         let _lock = network.lock()?;
+        // Removed (or removed and made again) while we waited for the lock?
+        match self.get(&network.name) {
+            Ok(current) if current.id == network.id => {}
+            _ => return Err(NetworkError::NotFound(network.name.clone())),
+        }
+        self.reclaim_stale_leases(network)?;
         let leases = self.leases(network)?;
         let taken = |ip: Ipv4Addr| leases.iter().find(|lease| lease.ip == ip);
         let ip = match requested {
@@ -86,7 +98,6 @@ impl NetworkStore {
                 .ok_or_else(|| NetworkError::Full(network.name.clone()))?,
         };
         let dir = network.leases_dir();
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let temporary = dir.join(format!(".{container}"));
         std::fs::write(&temporary, container).map_err(io("write", &temporary))?;
         let lease = dir.join(ip.to_string());

@@ -28,6 +28,13 @@ pub const DEFAULT_NETWORK: &str = "default";
 pub const NO_NETWORK: &str = "none";
 /// The size of the subnets picked from the pool.
 const DEFAULT_PREFIX_LEN: u8 = 24;
+/// docker's name for its default network, taken as ours.
+const DOCKER_DEFAULT: &str = "bridge";
+/// Where each network's DNS responder listens on its gateway address. The guests ask port
+/// 53, which the network's rules redirect here: port 53 of the gateway stays free for the
+/// host's own DNS service and for containers publishing port 53, and the rules can keep
+/// the responder to the bridge.
+pub const DNS_PORT: u16 = 10053;
 
 const CONFIG_FILE: &str = "network.json";
 const LOCK_FILE: &str = "lock";
@@ -65,12 +72,12 @@ impl Network {
     /// Holds the network's lock until dropped: leases and removal take it.
     fn lock(&self) -> Result<File, NetworkError> {
         let path = self.dir.join(LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(
+            |source| match source.kind() {
+                std::io::ErrorKind::NotFound => NetworkError::NotFound(self.name.clone()),
+                _ => NetworkError::Io { action: "open", path: path.clone(), source },
+            },
+        )?;
         file.lock().map_err(io("lock", &path))?;
         Ok(file)
     }
@@ -113,6 +120,10 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("network metadata at {path} has a bad id {id:?}")]
+    BadId { path: PathBuf, id: String },
+    #[error("{0} is not a private unicast range (use one of 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10)")]
+    NotPrivate(Subnet),
     #[error("network metadata at {path} is unreadable")]
     Corrupt {
         path: PathBuf,
@@ -146,8 +157,11 @@ impl NetworkStore {
         internal: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<Network, NetworkError> {
-        if name == NO_NETWORK || name == "host" || name == "bridge" {
+        if name == NO_NETWORK || name == "host" || name == DOCKER_DEFAULT {
             return Err(NetworkError::Reserved(name.to_string()));
+        }
+        if let Some(subnet) = subnet {
+            check_private(subnet)?;
         }
         if !valid_name(name) {
             return Err(NetworkError::InvalidName(name.to_string()));
@@ -156,11 +170,13 @@ impl NetworkStore {
         crate::container::remove_leftovers(&self.dir);
         // One creation at a time, so two never pick the same subnet.
         let _pool = self.pool_lock()?;
-        if self.dir.join(name).exists() {
+        let dir = self.dir.join(name);
+        if dir.join(CONFIG_FILE).exists() {
             return Err(NetworkError::Exists(name.to_string()));
         }
+        // A directory without its config is no network (a crash mid-removal left it).
+        let _ = std::fs::remove_dir_all(&dir);
         let subnet = self.choose_subnet(subnet)?;
-        let dir = self.dir.join(name);
         let network = Network {
             name: name.to_string(),
             id: crate::container::new_id(),
@@ -203,6 +219,26 @@ impl NetworkStore {
         }
     }
 
+    /// The network named `query`, or whose id starts with it (`bridge` is `default`, as
+    /// docker's default network is called).
+    pub fn find(&self, query: &str) -> Result<Network, NetworkError> {
+        let name = if query == DOCKER_DEFAULT { DEFAULT_NETWORK } else { query };
+        match self.get(name) {
+            Err(NetworkError::NotFound(_)) if query.len() >= 3 => {
+                let matches: Vec<Network> = self
+                    .list()?
+                    .into_iter()
+                    .filter(|network| network.id.starts_with(query))
+                    .collect();
+                match <[Network; 1]>::try_from(matches) {
+                    Ok([network]) => Ok(network),
+                    Err(_) => Err(NetworkError::NotFound(query.to_string())),
+                }
+            }
+            other => other,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Result<Network, NetworkError> {
         if !valid_name(name) {
             return Err(NetworkError::NotFound(name.to_string()));
@@ -218,6 +254,9 @@ impl NetworkStore {
         };
         let mut network: Network = serde_json::from_slice(&bytes)
             .map_err(|source| NetworkError::Corrupt { path: path.clone(), source })?;
+        if !crate::container::is_id(&network.id) {
+            return Err(NetworkError::BadId { path, id: network.id });
+        }
         network.dir = dir;
         Ok(network)
     }
@@ -251,6 +290,7 @@ impl NetworkStore {
     pub fn remove(&self, name: &str) -> Result<(), NetworkError> {
         let network = self.get(name)?;
         let _lock = network.lock()?;
+        self.reclaim_stale_leases(&network)?;
         let containers: Vec<String> =
             self.leases(&network)?.into_iter().map(|lease| lease.container).collect();
         if !containers.is_empty() {
@@ -263,8 +303,25 @@ impl NetworkStore {
         std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
     }
 
-    /// Makes the network's bridge and rules exist (after a reboot they are gone).
+    /// Makes the network's bridge and rules exist (after a reboot they are gone). A bridge
+    /// made again is checked first against what the host uses by now (another state root,
+    /// a VPN), under the pool lock, as at creation.
     pub fn bring_up(&self, network: &Network) -> Result<(), NetworkError> {
+        if kernel::bridge_exists(network)? {
+            return kernel::bring_up(network);
+        }
+        let _pool = self.pool_lock()?;
+        if !kernel::bridge_exists(network)? {
+            let used = kernel::host_subnets()?;
+            if let Some(other) = used.iter().find(|used| used.overlaps(&network.subnet)) {
+                return Err(NetworkError::Overlap {
+                    subnet: network.subnet,
+                    other: other.to_string(),
+                    owner: "an address or route this host has taken since the network was made"
+                        .to_string(),
+                });
+            }
+        }
         kernel::bring_up(network)
     }
 
@@ -319,5 +376,20 @@ impl NetworkStore {
             .load(id)
             .map(|c| c.config.name)
             .unwrap_or_else(|_| crate::container::short_id(id).to_string())
+    }
+}
+
+/// Refuses what no container network should use: public, loopback, link-local,
+/// multicast and reserved ranges.
+fn check_private(subnet: Subnet) -> Result<(), NetworkError> {
+    let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"];
+    let inside = private.iter().any(|range| {
+        let range: Subnet = range.parse().expect("a valid range");
+        range.contains(subnet.network()) && range.contains(subnet.broadcast())
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err(NetworkError::NotPrivate(subnet))
     }
 }

@@ -439,14 +439,28 @@ async fn boot(
     if let Some(attachment) = &config.network {
         options.nic = network.nic(attachment.mac)?;
     }
-    // The host's side of the network is set up while the VM boots.
-    let (sandbox, connected) =
-        tokio::join!(Sandbox::start(host, options), network.connect(host, &config.publish));
-    let mut sandbox = sandbox?;
-    if let Err(err) = connected
-        .map_err(RuntimeError::from)
-        .and_then(|()| record_ports(host, container, network.ports()))
-    {
+    // The host's side of the network is set up while the VM boots; if that fails (a
+    // port in use), the boot is abandoned at once, which ends the VM.
+    let mut sandbox = {
+        let boot = Sandbox::start(host, options);
+        let connect = network.connect(host, &config.publish);
+        tokio::pin!(boot, connect);
+        tokio::select! {
+            connected = &mut connect => {
+                connected?;
+                boot.await?
+            }
+            booted = &mut boot => {
+                let sandbox = booted?;
+                if let Err(err) = connect.await {
+                    let _ = sandbox.kill().await;
+                    return Err(err.into());
+                }
+                sandbox
+            }
+        }
+    };
+    if let Err(err) = record_ports(host, container, network.ports()) {
         let _ = sandbox.kill().await;
         return Err(err);
     }

@@ -101,9 +101,9 @@ pub struct CreateFlags {
     /// A nameserver for the container (default: the network's, which also knows containers)
     #[arg(long, value_name = "IP")]
     pub dns: Vec<std::net::Ipv4Addr>,
-    /// Add a line to /etc/hosts: NAME:IP
+    /// Add a line to /etc/hosts: NAME:IP, or NAME:host-gateway for the host
     #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_add_host)]
-    pub extra_hosts: Vec<(String, std::net::Ipv4Addr)>,
+    pub extra_hosts: Vec<(String, Option<std::net::Ipv4Addr>)>,
     /// Publish a container's port on the host: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp], ranges allowed
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<Vec<vessel_net::ports::PortMapping>>,
@@ -272,17 +272,22 @@ fn parse_publish(spec: &str) -> Result<Vec<vessel_net::ports::PortMapping>, Stri
     vessel_net::ports::parse_publish(spec).map_err(|err| err.to_string())
 }
 
-/// `NAME:IP`, as docker's `--add-host` (IPv4 only).
-fn parse_add_host(text: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+/// `NAME:IP`, as docker's `--add-host` (IPv4 only); `NAME:host-gateway` is the host as
+/// the container reaches it (None here: the network's gateway, known at create).
+fn parse_add_host(text: &str) -> Result<(String, Option<std::net::Ipv4Addr>), String> {
     let (name, ip) = text
         .split_once(':')
         .ok_or_else(|| format!("{text:?} is not NAME:IP (e.g. db.local:10.0.0.5)"))?;
-    let ip =
-        ip.parse().map_err(|_| format!("{ip:?} in --add-host {text} is not an IPv4 address"))?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') {
         return Err(format!("{name:?} in --add-host {text} is not a host name"));
     }
-    Ok((name.to_string(), ip))
+    if ip == "host-gateway" {
+        return Ok((name.to_string(), None));
+    }
+    let ip = ip.parse().map_err(|_| {
+        format!("{ip:?} in --add-host {text} is not an IPv4 address (or host-gateway)")
+    })?;
+    Ok((name.to_string(), Some(ip)))
 }
 
 /// `aa:bb:cc:dd:ee:ff`, a unicast address.

@@ -100,7 +100,11 @@ fn port_map(
     let mut map = serde_json::Map::new();
     for port in ports {
         let key = format!("{}/{}", port.container_port, port.protocol);
-        let binding = serde_json::json!({"HostIp": port.host_ip.to_string(), "HostPort": port.host_port.to_string()});
+        // docker shows an unset host port (any free one) as "".
+        let host_port =
+            if port.host_port == 0 { String::new() } else { port.host_port.to_string() };
+        let binding =
+            serde_json::json!({"HostIp": port.host_ip.to_string(), "HostPort": host_port});
         match map.entry(key).or_insert_with(|| serde_json::Value::Array(Vec::new())) {
             serde_json::Value::Array(list) => list.push(binding),
             _ => unreachable!("inserted as an array"),

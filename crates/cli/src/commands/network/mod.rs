@@ -26,6 +26,9 @@ pub enum NetworkCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
+    /// The driver: bridge, the only one (each network is a Linux bridge)
+    #[arg(short, long, default_value = "bridge", value_parser = ["bridge"])]
+    driver: String,
     /// The subnet, in CIDR form (default: the first free /24 of 10.213.0.0/16)
     #[arg(long)]
     subnet: Option<vessel_net::subnet::Subnet>,
@@ -41,14 +44,14 @@ pub struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// Only print names
+    /// Only print ids
     #[arg(short, long)]
     quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct NamesArgs {
-    /// Network names
+    /// Network names or ids
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -64,6 +67,7 @@ pub fn run(command: NetworkCommand, context: &Context) -> anyhow::Result<ExitCod
     let store = NetworkStore::new(&context.host.root);
     match command {
         NetworkCommand::Create(args) => {
+            let _ = args.driver;
             let labels: BTreeMap<String, String> = args
                 .labels
                 .iter()
@@ -83,7 +87,7 @@ pub fn run(command: NetworkCommand, context: &Context) -> anyhow::Result<ExitCod
             }
             for network in networks {
                 if args.quiet {
-                    println!("{}", network.name);
+                    println!("{}", &network.id[..12]);
                 } else {
                     println!(
                         "{:<14} {:<20} {:<18} {:<10} {}",
@@ -99,20 +103,31 @@ pub fn run(command: NetworkCommand, context: &Context) -> anyhow::Result<ExitCod
         NetworkCommand::Inspect(args) => {
             let mut documents = Vec::new();
             for name in &args.names {
-                documents.push(json(&store, &store.get(name)?, context)?);
+                documents.push(json(&store, &store.find(name)?, context)?);
             }
             println!("{}", serde_json::to_string_pretty(&documents)?);
         }
         NetworkCommand::Rm(args) => {
-            for name in &args.names {
-                store.remove(name)?;
-                println!("{name}");
+            // As docker: each one is tried, and any failure makes the exit code 1.
+            let mut failed = false;
+            for query in &args.names {
+                match store.find(query).and_then(|network| store.remove(&network.name)) {
+                    Ok(()) => println!("{query}"),
+                    Err(err) => {
+                        eprintln!("vessel: {}", vessel_runtime::error_chain(&err));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
             }
         }
         NetworkCommand::Prune(args) => {
             let _ = args.force;
             println!("Deleted Networks:");
-            for network in store.list()? {
+            // As docker's predefined networks, the default one stays.
+            for network in store.list()?.into_iter().filter(|n| n.name != DEFAULT_NETWORK) {
                 match store.remove(&network.name) {
                     Ok(()) => println!("{}", network.name),
                     Err(NetworkError::InUse { .. }) => {}
