@@ -34,6 +34,7 @@ pub fn run(args: SuperviseArgs, context: &Context) -> anyhow::Result<ExitCode> {
         nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
         None::<&str>,
     )?;
+    raise_open_files_limit();
     let host = vessel_runtime::Host { run: args.run, ..context.host.clone() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ready = || {
@@ -50,4 +51,25 @@ pub fn run(args: SuperviseArgs, context: &Context) -> anyhow::Result<ExitCode> {
     runtime.shutdown_background();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one: the published ports' proxy holds two
+/// descriptors per connection, and the usual soft limit (1024) would run out under load and
+/// take the DNS relays and the control socket down with it. The hard limit is left alone
+/// (raising it needs CAP_SYS_RESOURCE); the proxy sizes its own limits from what this gives.
+/// A failure is only logged: the supervisor works with the limit it has.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // None is unlimited, which Linux never allows for open files (fs.nr_open caps it).
+    let Some(hard) = limit.maximum else { return };
+    if limit.current.is_some_and(|soft| soft >= hard) {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+        Ok(()) => tracing::debug!(soft = ?limit.current, hard, "raised the open files limit"),
+        Err(error) => {
+            tracing::warn!(soft = ?limit.current, hard, %error, "cannot raise the open files limit")
+        }
+    }
 }
