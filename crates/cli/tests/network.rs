@@ -47,15 +47,7 @@ impl Namespace {
     }
 
     fn ok(&self, root: &TestRoot, args: &[&str]) -> String {
-        let output = self.vessel(root, args);
-        assert!(
-            output.status.success(),
-            "vessel {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        common::succeeded(self.vessel(root, args), args)
     }
 
     /// `ip ARGS` in the namespace.

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod host;
 pub mod network;
 pub mod process;
+mod records;
 pub mod sandbox;
 pub mod selftest;
 pub mod supervisor;

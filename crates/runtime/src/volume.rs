@@ -3,6 +3,7 @@
 //! written under a dot-name and renamed into place, as containers are.
 
 use crate::container::{is_id, write_json_atomically, ContainerStore};
+use crate::records::ReadError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,41 +143,29 @@ impl VolumeStore {
         }
         let dir = self.dir.join(name);
         let path = dir.join(CONFIG_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(VolumeError::NotFound(name.to_string()))
+        let mut volume: Volume = match crate::records::read(&path) {
+            Ok(Some(volume)) => volume,
+            Ok(None) => return Err(VolumeError::NotFound(name.to_string())),
+            Err(ReadError::Io(source)) => {
+                return Err(VolumeError::Io { action: "read", path, source })
             }
-            Err(err) => return Err(VolumeError::Io { action: "read", path, source: err }),
+            Err(ReadError::Corrupt(source)) => return Err(VolumeError::Corrupt { path, source }),
         };
-        let mut volume: Volume = serde_json::from_slice(&bytes)
-            .map_err(|source| VolumeError::Corrupt { path: path.clone(), source })?;
         volume.dir = dir;
         Ok(volume)
     }
 
     /// Every volume, by name.
     pub fn list(&self) -> Result<Vec<Volume>, VolumeError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => {
-                return Err(VolumeError::Io { action: "read", path: self.dir.clone(), source: err })
-            }
-        };
+        let names = crate::records::names(&self.dir).map_err(io("read", &self.dir))?;
         let mut volumes = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
+        for name in names {
             match self.get(&name) {
                 Ok(volume) => volumes.push(volume),
-                Err(VolumeError::NotFound(_)) => {}
+                Err(VolumeError::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),
             }
         }
-        volumes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(volumes)
     }
 

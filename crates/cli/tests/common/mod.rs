@@ -41,16 +41,21 @@ impl TestRoot {
 
     /// Runs vessel, expecting success.
     pub fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "vessel {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        succeeded(self.run(args), args)
     }
+}
+
+/// The stdout of a vessel run that must have succeeded; else the test fails with both
+/// outputs.
+pub fn succeeded(output: Output, args: &[&str]) -> String {
+    assert!(
+        output.status.success(),
+        "vessel {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// A test that fails midway may leave detached containers running: their supervisors (and

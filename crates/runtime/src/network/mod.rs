@@ -15,6 +15,7 @@ pub use attach::{
 pub use leases::Lease;
 
 use crate::container::{valid_name, write_json_atomically};
+use crate::records::ReadError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -245,15 +246,14 @@ impl NetworkStore {
         }
         let dir = self.dir.join(name);
         let path = dir.join(CONFIG_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NetworkError::NotFound(name.to_string()))
+        let mut network: Network = match crate::records::read(&path) {
+            Ok(Some(network)) => network,
+            Ok(None) => return Err(NetworkError::NotFound(name.to_string())),
+            Err(ReadError::Io(source)) => {
+                return Err(NetworkError::Io { action: "read", path, source })
             }
-            Err(source) => return Err(NetworkError::Io { action: "read", path, source }),
+            Err(ReadError::Corrupt(source)) => return Err(NetworkError::Corrupt { path, source }),
         };
-        let mut network: Network = serde_json::from_slice(&bytes)
-            .map_err(|source| NetworkError::Corrupt { path: path.clone(), source })?;
         if !crate::container::is_id(&network.id) {
             return Err(NetworkError::BadId { path, id: network.id });
         }
@@ -263,26 +263,15 @@ impl NetworkStore {
 
     /// Every network, by name.
     pub fn list(&self) -> Result<Vec<Network>, NetworkError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(NetworkError::Io { action: "read", path: self.dir.clone(), source })
-            }
-        };
+        let names = crate::records::names(&self.dir).map_err(io("read", &self.dir))?;
         let mut networks = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
+        for name in names {
             match self.get(&name) {
                 Ok(network) => networks.push(network),
                 Err(NetworkError::NotFound(_)) => {} // removed meanwhile
                 Err(err) => return Err(err),
             }
         }
-        networks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(networks)
     }
 
