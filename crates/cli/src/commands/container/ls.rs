@@ -63,14 +63,44 @@ pub fn run(args: LsArgs, context: &Context) -> anyhow::Result<ExitCode> {
 
 /// docker's PORTS column: `0.0.0.0:8080->80/tcp, 127.0.0.1:5353->53/udp`.
 fn ports_text(container: &Container) -> String {
-    let ports: Vec<String> = container
-        .state
-        .ports
+    if !container.is_running() {
+        return String::new();
+    }
+    ports_column(&container.state.ports)
+}
+
+/// Consecutive mappings (host and container ports both one up, same address and protocol)
+/// are shown as one range, as docker does: `0.0.0.0:8000-8002->80-82/tcp`.
+fn ports_column(ports: &[vessel_net::ports::PortMapping]) -> String {
+    let mut runs: Vec<(vessel_net::ports::PortMapping, u16)> = Vec::new();
+    for port in ports {
+        match runs.last_mut() {
+            Some((first, length))
+                if first.host_ip == port.host_ip
+                    && first.protocol == port.protocol
+                    && u32::from(first.host_port) + u32::from(*length)
+                        == u32::from(port.host_port)
+                    && u32::from(first.container_port) + u32::from(*length)
+                        == u32::from(port.container_port) =>
+            {
+                *length += 1
+            }
+            _ => runs.push((*port, 1)),
+        }
+    }
+    let range = |first: u16, length: u16| match length {
+        1 => first.to_string(),
+        _ => format!("{first}-{}", first + length - 1),
+    };
+    let texts: Vec<String> = runs
         .iter()
-        .filter(|_| container.is_running())
-        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol))
+        .map(|(first, length)| {
+            let host = range(first.host_port, *length);
+            let container = range(first.container_port, *length);
+            format!("{}:{host}->{container}/{}", first.host_ip, first.protocol)
+        })
         .collect();
-    ports.join(", ")
+    texts.join(", ")
 }
 
 /// `"sh -c 'echo hi'"`, as docker shows a command.
@@ -107,4 +137,20 @@ fn json(container: &Container) -> serde_json::Value {
         "Networks": container.config.network.as_ref().map(|a| a.network.clone()).unwrap_or_default(),
         "Size": "",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_ports_show_as_one_range() {
+        let mut ports = vessel_net::ports::parse_publish("8000-8002:80-82").unwrap();
+        ports.extend(vessel_net::ports::parse_publish("127.0.0.1:5353:53/udp").unwrap());
+        ports.extend(vessel_net::ports::parse_publish("9000:90").unwrap());
+        assert_eq!(
+            ports_column(&ports),
+            "0.0.0.0:8000-8002->80-82/tcp, 127.0.0.1:5353->53/udp, 0.0.0.0:9000->90/tcp"
+        );
+    }
 }
