@@ -69,6 +69,19 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
                 ))
             },
         ),
+        CheckItem::new(
+            "nft",
+            find_program("", "nft", "")
+                .ok()
+                .or_else(|| Some(std::path::PathBuf::from("/usr/sbin/nft")).filter(|p| p.is_file()))
+                .map(|p| format!("{} (the networks' egress rules)", p.display()))
+                .ok_or_else(|| {
+                    (
+                        "nft not found: networks cannot be created".to_string(),
+                        "apt-get install nftables".to_string(),
+                    )
+                }),
+        ),
     ]
 }
 
