@@ -193,6 +193,14 @@ fn containers_reach_each_other_and_the_host_reaches_them_by_address_and_publishe
     });
     assert_eq!(answered, [false, false], "the DNS responder answered the host's side");
 
+    // Stopped and started again: the same address, a new TAP, the same published port.
+    namespace.ok(&root, &["stop", "-t", "0", "web"]);
+    assert!(!namespace.ip(&["-o", "link"]).contains("vt-"), "a stopped container's TAP stayed");
+    namespace.ok(&root, &["start", "web"]);
+    assert_eq!(address(&namespace, &root, "web"), web);
+    let again = namespace.enter(|| http_get("127.0.0.1:8080".parse().unwrap()));
+    assert!(again.contains("hello from web"), "{again}");
+
     namespace.ok(&root, &["rm", "-f", "web"]);
     let links = namespace.ip(&["-o", "link"]);
     assert!(!links.contains("vt-"), "a TAP outlived its container: {links}");

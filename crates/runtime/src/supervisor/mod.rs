@@ -250,8 +250,12 @@ pub async fn run(
         Err(err) => tracing::warn!(error = %err, "the VM did not stop cleanly"),
     }
     remove_staged_files(host, container.id());
-    if let Some(network) = shared.network.lock().expect("not poisoned").take() {
+    let network = shared.network.lock().expect("not poisoned").take();
+    if let Some(network) = network {
+        // Awaited, so its TAP and sockets are closed before the end is recorded: whoever
+        // sees the container stopped can take its ports again.
         network.abort();
+        let _ = network.await;
     }
     // The disks are free: the next container may take the volumes at once.
     shared.volume_locks.lock().expect("not poisoned").clear();
