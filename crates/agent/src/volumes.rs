@@ -19,7 +19,7 @@ pub fn mount_all(rootfs: &Path, staging: &Path, mounts: &[ContainerMount]) -> Re
     ordered.sort_by_key(|(_, m)| Path::new(&m.target).components().count());
     for (index, request) in ordered {
         let is_file = request.kind == "bind" && !request.file.is_empty();
-        let target = target_in(rootfs, &request.target, is_file)?;
+        let target = target_in(rootfs, &request.target, is_file, false)?;
         match request.kind.as_str() {
             "volume" => {
                 let disk = staging.join(format!("volume-{index}"));
@@ -75,15 +75,30 @@ pub fn mount_files(
         std::fs::create_dir_all(staging).map_err(|e| io_status("create", staging, e))?;
         let source = staging.join(name);
         std::fs::write(&source, bytes).map_err(|e| io_status("write", &source, e))?;
-        bind(&source, &target_in(rootfs, target, true)?, read_only)?;
+        // An image whose file is a link (`/etc/resolv.conf -> ../run/…`) gets ours in its
+        // place, in the container's own layer; one whose /etc is odd (a link itself) keeps
+        // its own file rather than failing to start.
+        match target_in(rootfs, target, true, true) {
+            Ok(path) => bind(&source, &path, read_only)?,
+            Err(status) => crate::log::error(format_args!(
+                "not mounting the generated {target}: {}",
+                status.message()
+            )),
+        }
     }
     Ok(())
 }
 
 /// `target` (absolute, as the container sees it) under `rootfs`, its directories created
 /// (and itself, as an empty file for a single file's mount); a symlink on the way is
-/// refused, so an image cannot aim a mount elsewhere in the guest.
-fn target_in(rootfs: &Path, target: &str, is_file: bool) -> Result<PathBuf, Status> {
+/// refused, so an image cannot aim a mount elsewhere in the guest. With `replace_link`, a
+/// symlink that is the target itself is replaced by an empty file instead.
+fn target_in(
+    rootfs: &Path,
+    target: &str,
+    is_file: bool,
+    replace_link: bool,
+) -> Result<PathBuf, Status> {
     let relative = Path::new(target).strip_prefix("/").map_err(|_| {
         Status::invalid_argument(format!("mount target {target:?} is not absolute"))
     })?;
@@ -97,6 +112,11 @@ fn target_in(rootfs: &Path, target: &str, is_file: bool) -> Result<PathBuf, Stat
             _ => return Err(Status::invalid_argument(format!("mount target {target:?} holds .."))),
         }
         match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() && last && replace_link => {
+                // Every directory above was checked: the link itself is what goes.
+                std::fs::remove_file(&path).map_err(|e| io_status("remove", &path, e))?;
+                std::fs::write(&path, b"").map_err(|e| io_status("create", &path, e))?;
+            }
             Ok(metadata) if metadata.file_type().is_symlink() => {
                 return Err(Status::invalid_argument(format!(
                     "mount target {target:?} goes through a symlink in the image"
@@ -181,5 +201,29 @@ fn read_only_flag(read_only: bool) -> MsFlags {
         MsFlags::MS_RDONLY
     } else {
         MsFlags::empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_generated_file_replaces_the_image_s_link_but_never_goes_through_one() {
+        let root = tempfile::tempdir().unwrap();
+        let rootfs = root.path();
+        std::fs::create_dir(rootfs.join("etc")).unwrap();
+        symlink("../run/resolve/stub-resolv.conf", rootfs.join("etc/resolv.conf")).unwrap();
+        assert!(target_in(rootfs, "/etc/resolv.conf", true, false).is_err(), "a user's mount");
+        let path = target_in(rootfs, "/etc/resolv.conf", true, true).unwrap();
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        assert!(metadata.is_file() && metadata.len() == 0);
+
+        // A link above the target is refused either way: it could lead out of the rootfs.
+        std::fs::create_dir(rootfs.join("real")).unwrap();
+        symlink("/real", rootfs.join("linked")).unwrap();
+        assert!(target_in(rootfs, "/linked/hosts", true, true).is_err());
+        assert!(!rootfs.join("real/hosts").exists());
     }
 }

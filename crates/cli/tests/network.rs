@@ -276,24 +276,32 @@ fn no_network_has_only_loopback_and_internal_has_no_way_out() {
     let names: Vec<&str> = interfaces.split_whitespace().collect();
     assert_eq!(names, ["lo"], "{interfaces}");
 
-    // A stand-in for "outside": an address of the namespace's own host side, reached
-    // from the default network (routed via the gateway) but not from an internal one.
+    // "Outside": a second namespace behind a veth pair, with a server that says who
+    // called, and a route back to every container subnet. The default network reaches it
+    // through the host, masqueraded; an internal one does not, even with a default route
+    // of its own.
+    let outside = Namespace::new();
     namespace.ip(&["link", "add", "out0", "type", "veth", "peer", "name", "out1"]);
+    namespace.ip(&["link", "set", "out1", "netns", &outside.name]);
     namespace.ip(&["addr", "add", "198.18.0.1/24", "dev", "out0"]);
     namespace.ip(&["link", "set", "out0", "up"]);
-    namespace.ip(&["link", "set", "out1", "up"]);
-    let listener = namespace.enter(|| std::net::TcpListener::bind("198.18.0.1:8000").unwrap());
-    let server = std::thread::spawn(move || {
-        for stream in listener.incoming().take(1) {
-            let _ = stream.unwrap().write_all(b"outside\n");
+    outside.ip(&["addr", "add", "198.18.0.2/24", "dev", "out1"]);
+    outside.ip(&["link", "set", "out1", "up"]);
+    outside.ip(&["route", "add", "10.213.0.0/16", "via", "198.18.0.1"]);
+    let listener = outside.enter(|| std::net::TcpListener::bind("198.18.0.2:8000").unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let peer = stream.peer_addr().map(|p| p.ip().to_string()).unwrap_or_default();
+            let _ = stream.write_all(format!("outside sees {peer}\n").as_bytes());
         }
     });
-    let reached = namespace.ok(&root, &["run", "--rm", IMAGE, "nc", "198.18.0.1", "8000"]);
-    assert_eq!(reached.trim(), "outside");
-    server.join().unwrap();
+    let reached = namespace.ok(&root, &["run", "--rm", IMAGE, "nc", "198.18.0.2", "8000"]);
+    assert_eq!(reached.trim(), "outside sees 198.18.0.1", "masqueraded as the host");
+    assert!(namespace.nft_ruleset().contains("masquerade"));
 
-    namespace.ok(&root, &["network", "create", "--internal", "isolated"]);
-    let ruleset = namespace.nft_ruleset();
+    namespace
+        .ok(&root, &["network", "create", "--internal", "--subnet", "10.213.99.0/24", "isolated"]);
     let output = namespace.vessel(
         &root,
         &[
@@ -301,17 +309,46 @@ fn no_network_has_only_loopback_and_internal_has_no_way_out() {
             "--rm",
             "--network",
             "isolated",
+            "--cap-add",
+            "NET_ADMIN",
             IMAGE,
             "sh",
             "-c",
-            "cat /proc/net/route; nc -w 3 198.18.0.1 8000 && echo REACHED",
+            "cat /proc/net/route; ip route add default via 10.213.99.1; \
+             nc -w 3 198.18.0.2 8000 && echo REACHED",
         ],
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!stdout.contains("REACHED"), "an internal network reached out: {stdout}");
+    assert!(!stdout.contains("outside sees"), "an internal network reached out: {stdout}");
     let default_routes = stdout.lines().filter(|l| l.split_whitespace().nth(1) == Some("00000000"));
     assert_eq!(default_routes.count(), 0, "an internal network has no default route: {stdout}");
-    assert!(ruleset.contains("masquerade"), "the default network masquerades: {ruleset}");
+
+    // The host still reaches an internal network's containers, by address and by -p.
+    namespace.ok(
+        &root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "inside",
+            "--network",
+            "isolated",
+            "-e",
+            "BODY=inside",
+            "-p",
+            "127.0.0.1:8081:80",
+            IMAGE,
+            "sh",
+            "-c",
+            WEB,
+        ],
+    );
+    let inside = address(&namespace, &root, "inside");
+    let (direct, published) = namespace.enter(|| {
+        (http_get(SocketAddr::from((inside, 80))), http_get("127.0.0.1:8081".parse().unwrap()))
+    });
+    assert!(direct.contains("inside") && published.contains("inside"), "{direct}\n{published}");
+    namespace.ok(&root, &["rm", "-f", "inside"]);
 
     // The network goes with its rules and bridge.
     let network: serde_json::Value =
@@ -378,6 +415,11 @@ fn a_killed_supervisor_leaves_no_tap_and_a_busy_port_is_a_clear_error() {
     assert_eq!(busy.status.code(), Some(125));
     let message = String::from_utf8_lossy(&busy.stderr);
     assert!(message.contains("127.0.0.1:9000") && message.contains("in use"), "{message}");
+
+    // The port of the network's DNS responder is not for publishing on every address.
+    let reserved = namespace.vessel(&root, &["run", "--rm", "-p", "10053:80", IMAGE, "true"]);
+    assert_eq!(reserved.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&reserved.stderr).contains("DNS responder"));
 
     let pid: i32 =
         namespace.ok(&root, &["inspect", "-f", "{{.State.Pid}}", "doomed"]).trim().parse().unwrap();

@@ -2,7 +2,7 @@
 //! bind the same address with SO_REUSEPORT: the kernel spreads queries among the live
 //! sockets and a dead supervisor's socket simply goes, so there is no election and no
 //! daemon. Container names are answered here; every other query is relayed unchanged to
-//! the host's resolvers.
+//! the host's resolvers (none on an internal network: there, other names do not exist).
 //!
 //! Queries come from inside guests, so the parser trusts nothing: every read is bounded,
 //! compression pointers are followed a limited number of times, and a malformed packet
@@ -50,6 +50,7 @@ const RA: u16 = 0x0080;
 /// Response codes.
 const FORMERR: u16 = 1;
 const SERVFAIL: u16 = 2;
+const NXDOMAIN: u16 = 3;
 const NOTIMP: u16 = 4;
 const TYPE_A: u16 = 1;
 const TYPE_ANY: u16 = 255;
@@ -87,7 +88,7 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP at `addr` (port 53 in production) with SO_REUSEADDR and
+    /// Binds UDP and TCP at `addr` (the network's gateway) with SO_REUSEADDR and
     /// SO_REUSEPORT, so the supervisors of every container on the network can all bind it;
     /// the kernel spreads queries among them and a dead one's socket simply goes.
     pub fn bind(addr: SocketAddr) -> Result<DnsServer, DnsError> {
@@ -115,7 +116,8 @@ impl DnsServer {
     /// Answers until dropped: A queries for names `names` knows are answered directly
     /// (AAAA or other types for a known name get NOERROR with no answers); every other
     /// query is relayed unchanged to the first upstream that answers, SERVFAIL if none
-    /// does. TCP queries are handled the same way, and a truncated upstream answer to one
+    /// does. With no upstreams at all (an internal network), such a name does not exist:
+    /// NXDOMAIN, so that resolvers go on down their search list (musl stops at SERVFAIL). TCP queries are handled the same way, and a truncated upstream answer to one
     /// is asked again over TCP.
     pub async fn serve(self, names: Arc<dyn Names>, upstreams: Vec<SocketAddr>) {
         let udp = UdpSocket::from_std(self.udp);
@@ -184,40 +186,9 @@ fn bind_shared(addr: SocketAddr, kind: SockType) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// `bind(2)` for an IP address: nix builds IP socket addresses only with its `net`
-/// feature, which the workspace does not enable.
 fn bind_ip(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-    let result = match addr {
-        SocketAddr::V4(addr) => {
-            let raw = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: addr.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            let len = std::mem::size_of_val(&raw) as libc::socklen_t;
-            // SAFETY: `raw` is a complete sockaddr_in of `len` bytes that outlives the call,
-            // which only reads it; `fd` is an open socket.
-            unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&raw).cast(), len) }
-        }
-        SocketAddr::V6(addr) => {
-            let raw = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: addr.port().to_be(),
-                sin6_flowinfo: addr.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr { s6_addr: addr.ip().octets() },
-                sin6_scope_id: addr.scope_id(),
-            };
-            let len = std::mem::size_of_val(&raw) as libc::socklen_t;
-            // SAFETY: as above, with a complete sockaddr_in6.
-            unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&raw).cast(), len) }
-        }
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let addr = socket::SockaddrStorage::from(addr);
+    Ok(socket::bind(fd.as_raw_fd(), &addr)?)
 }
 
 async fn serve_udp(socket: UdpSocket, names: Arc<dyn Names>, upstreams: Arc<[SocketAddr]>) {
@@ -308,9 +279,13 @@ async fn serve_tcp_client(
     }
 }
 
-/// Relays `query` to each upstream in turn until one answers; SERVFAIL if none does. Over
+/// Relays `query` to each upstream in turn until one answers; SERVFAIL if none does, and
+/// NXDOMAIN if there are none to ask. Over
 /// TCP, a truncated UDP answer is asked again over TCP, which is why the client came.
 async fn relay(query: &[u8], upstreams: &[SocketAddr], over_tcp: bool) -> Vec<u8> {
+    if upstreams.is_empty() {
+        return error_reply(query, NXDOMAIN);
+    }
     for &upstream in upstreams {
         let answer = match timeout(UPSTREAM_TIMEOUT, ask_udp(query, upstream)).await {
             Ok(Ok(answer)) => answer,

@@ -61,7 +61,8 @@ fn permission_hint(stderr: &str) -> &'static str {
 ///   spoofing), and traffic to it only as replies: published ports reach containers
 ///   through the supervisor's proxy, a local socket, so nothing needs to be forwarded in
 ///   unasked. That also keeps networks apart from each other.
-/// - Internal: nothing forwarded off the bridge, and of the host only the DNS responder.
+/// - Internal: nothing forwarded off the bridge, and of the host only the DNS responder
+///   (and replies to what the host opened: it reaches its containers, `-p` works).
 pub fn ruleset(rules: &NetworkRules) -> String {
     let NetworkRules { table, bridge, subnet, internal, dns_port } = *rules;
     let gateway = subnet.gateway();
@@ -74,19 +75,26 @@ pub fn ruleset(rules: &NetworkRules) -> String {
          \t\tiifname \"{bridge}\" {dns} 53 redirect to :{dns_port}\n\
          \t}}\n"
     ));
+    // Between two containers of the network: seen here only when the host has
+    // br_netfilter loaded (docker loads it), and always allowed, IPv6 included.
+    let within = format!("\t\tiifname \"{bridge}\" oifname \"{bridge}\" accept\n");
     let (input, forward) = if internal {
         (
+            // Replies to what the host opened (its own connections, the port proxy) come
+            // back; of the rest, only DNS.
             format!(
-                "\t\tiifname \"{bridge}\" {dns} {dns_port} accept\n\
+                "\t\tiifname \"{bridge}\" ct state established,related accept\n\
+                 \t\tiifname \"{bridge}\" {dns} {dns_port} accept\n\
                  \t\tiifname \"{bridge}\" drop\n"
             ),
-            format!("\t\tiifname \"{bridge}\" oifname \"{bridge}\" accept\n"),
+            within,
         )
     } else {
         (
             String::new(),
             format!(
-                "\t\tiifname \"{bridge}\" ip saddr {subnet} accept\n\
+                "{within}\
+                 \t\tiifname \"{bridge}\" ip saddr {subnet} accept\n\
                  \t\toifname \"{bridge}\" ct state established,related accept\n"
             ),
         )
@@ -230,6 +238,7 @@ table inet vessel_1234abcd {
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname \"vs-1234abcd\" oifname \"vs-1234abcd\" accept
 \t\tiifname \"vs-1234abcd\" ip saddr 10.213.0.0/24 accept
 \t\toifname \"vs-1234abcd\" ct state established,related accept
 \t\tiifname \"vs-1234abcd\" drop
@@ -257,6 +266,7 @@ table inet vessel_1234abcd {
             "iifname \"vs-1234abcd\" drop\n",
             "oifname \"vs-1234abcd\" drop\n",
             "iifname \"vs-1234abcd\" ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 10053 accept\n",
+            "iifname \"vs-1234abcd\" ct state established,related accept\n",
         ] {
             assert!(text.contains(rule), "missing {rule:?} in\n{text}");
         }

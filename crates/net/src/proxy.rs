@@ -97,13 +97,11 @@ impl Limits {
 
 /// RLIMIT_NOFILE's soft limit (what the supervisor raised it to); unknown counts as plenty.
 fn open_files_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
-    let result = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if result != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
-        return u64::MAX;
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => soft,
+        _ => u64::MAX,
     }
-    limit.rlim_cur
 }
 
 #[derive(Debug)]

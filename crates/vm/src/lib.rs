@@ -106,9 +106,14 @@ impl Nic {
 
     /// `02:76:0a:d5:fa:02`, as QEMU's `mac=` takes it.
     pub fn mac_string(&self) -> String {
-        let hex: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
-        hex.join(":")
+        format_mac(&self.mac)
     }
+}
+
+/// A MAC address as `02:76:0a:d5:fa:02`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
 }
 
 /// Everything a backend needs to boot one VM.

@@ -78,6 +78,8 @@ pub enum CreateError {
     Network(#[from] NetworkError),
     #[error("--network host is not possible: the container has a kernel of its own (publish ports with -p instead)")]
     HostNetwork,
+    #[error("host port {0} is where the network's DNS responder listens on its gateway; publish another port, or on one address (e.g. 127.0.0.1:{0}:…)")]
+    ReservedPort(u16),
     #[error("invalid host name {0:?}: use letters, digits, '-' and '.', at most 63 bytes")]
     HostName(String),
     #[error("{0} needs a network (it cannot go with --network none)")]
@@ -173,6 +175,18 @@ pub fn create(host: &Host, options: CreateOptions) -> Result<Container, CreateEr
             let _ = store.release(&attachment.network, attachment.ip, &id);
         }
     };
+    // The network's DNS responder holds this port on the gateway address, which a
+    // wildcard bind would take too.
+    if let Some(gateway) = gateway {
+        let clash = |p: &&PortMapping| {
+            p.host_port == crate::network::DNS_PORT
+                && (p.host_ip.is_unspecified() || p.host_ip == gateway)
+        };
+        if let Some(port) = publish.iter().find(clash) {
+            release(&network);
+            return Err(CreateError::ReservedPort(port.host_port));
+        }
+    }
     let mounts = match super::mounts::resolve(&host.root, options.mounts) {
         Ok(mounts) => mounts,
         Err(err) => {

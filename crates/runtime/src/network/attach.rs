@@ -37,8 +37,7 @@ impl Attachment {
     }
 
     pub fn mac_string(&self) -> String {
-        let hex: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
-        hex.join(":")
+        vessel_vm::format_mac(&self.mac)
     }
 }
 
@@ -262,12 +261,21 @@ pub fn remove_stale_taps(host: &Host, network: &Network) -> Result<(), NetworkEr
         super::kernel::with_netlink(
             |netlink| async move { Ok(netlink.bridge_ports(&bridge).await?) },
         )?;
-    let containers = ContainerStore::new(&host.root);
+    // Matched by id only (a container may be named like another's short id), and a TAP
+    // goes only on a clear answer: its container is gone or stopped.
+    let containers = match ContainerStore::new(&host.root).list() {
+        Ok(containers) => containers,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list containers; stale TAPs stay for now");
+            return Ok(());
+        }
+    };
     let stale: Vec<String> = ports
         .into_iter()
         .filter(|port| {
-            port.strip_prefix("vt-")
-                .is_some_and(|short_id| !containers.find(short_id).is_ok_and(|c| c.is_running()))
+            port.strip_prefix("vt-").is_some_and(|short_id| {
+                !containers.iter().any(|c| c.id().starts_with(short_id) && c.is_running())
+            })
         })
         .collect();
     if stale.is_empty() {

@@ -33,7 +33,7 @@ where
 }
 
 /// Creates what is missing of the bridge, its address and the rules; idempotent.
-pub(super) fn bring_up(network: &Network) -> Result<(), NetworkError> {
+pub(super) fn ensure_kernel_state(network: &Network) -> Result<(), NetworkError> {
     let bridge = network.bridge();
     let fresh = with_netlink(|netlink| async move {
         let existed = netlink.link_exists(&bridge).await?;

@@ -199,7 +199,7 @@ impl NetworkStore {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(err);
         }
-        if let Err(err) = kernel::bring_up(&network) {
+        if let Err(err) = kernel::ensure_kernel_state(&network) {
             let _ = kernel::tear_down(&network);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err);
@@ -279,6 +279,11 @@ impl NetworkStore {
     pub fn remove(&self, name: &str) -> Result<(), NetworkError> {
         let network = self.get(name)?;
         let _lock = network.lock()?;
+        // Removed (and maybe made again) by someone else while we waited for the lock?
+        match self.get(name) {
+            Ok(current) if current.id == network.id => {}
+            _ => return Err(NetworkError::NotFound(name.to_string())),
+        }
         self.reclaim_stale_leases(&network)?;
         let containers: Vec<String> =
             self.leases(&network)?.into_iter().map(|lease| lease.container).collect();
@@ -289,7 +294,11 @@ impl NetworkStore {
         kernel::tear_down(&network)?;
         let doomed = self.dir.join(format!(".removing-{name}-{}", std::process::id()));
         std::fs::rename(&network.dir, &doomed).map_err(io("remove", &network.dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
+        match std::fs::remove_dir_all(&doomed) {
+            // Another process's sweep of leftovers took it first.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other.map_err(io("remove", &doomed)),
+        }
     }
 
     /// Makes the network's bridge and rules exist (after a reboot they are gone). A bridge
@@ -297,7 +306,7 @@ impl NetworkStore {
     /// a VPN), under the pool lock, as at creation.
     pub fn bring_up(&self, network: &Network) -> Result<(), NetworkError> {
         if kernel::bridge_exists(network)? {
-            return kernel::bring_up(network);
+            return kernel::ensure_kernel_state(network);
         }
         let _pool = self.pool_lock()?;
         if !kernel::bridge_exists(network)? {
@@ -311,7 +320,7 @@ impl NetworkStore {
                 });
             }
         }
-        kernel::bring_up(network)
+        kernel::ensure_kernel_state(network)
     }
 
     /// Subnets are picked under a host-wide lock when there is one (/run/lock): two state

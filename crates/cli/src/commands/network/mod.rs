@@ -32,7 +32,8 @@ pub struct CreateArgs {
     /// The subnet, in CIDR form (default: the first free /24 of 10.213.0.0/16)
     #[arg(long)]
     subnet: Option<vessel_net::subnet::Subnet>,
-    /// No route out of the network: its containers reach only each other and the host
+    /// No route out of the network: its containers reach each other and its DNS only; the
+    /// host still reaches them (by address and -p)
     #[arg(long)]
     internal: bool,
     /// Set a label (KEY=VALUE)
