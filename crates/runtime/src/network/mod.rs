@@ -1,9 +1,10 @@
-//! Networks: a Linux bridge holding the gateway address, one nftables table for egress,
-//! and the addresses leased to containers. `<root>/networks/<name>/` holds `network.json`
-//! (never rewritten), a `lock` file and `leases/<ip>`; the bridge and the table are kernel
-//! state that `create` makes and every container start makes again if missing (a reboot
-//! clears them). No process runs for a network: each container's supervisor owns its TAP,
-//! its DNS responder and its published ports.
+//! Networks: a Linux bridge holding the gateway address, one nftables table for its DNS
+//! redirect and its egress, and the addresses leased to containers.
+//! `<root>/networks/<name>/` holds `network.json` (never rewritten), a `lock` file and
+//! `leases/<ip>`; the bridge and the table are kernel state that `create` makes and every
+//! container start makes again if missing (a reboot clears them). No process runs for a
+//! network: each container's supervisor owns its TAP, its DNS responder and its published
+//! ports.
 
 mod attach;
 mod kernel;
