@@ -83,6 +83,12 @@ pub fn run(command: Command, context: &Context) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `-l KEY=VALUE` (a bare KEY is an empty value, as docker takes it).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// A runtime for commands that talk to VMs. Single-threaded on purpose: VM processes are
 /// tied to the thread that starts them (PR_SET_PDEATHSIG), so that thread must live as long
 /// as they do.

@@ -258,7 +258,7 @@ fn lease(
     ip: Option<Ipv4Addr>,
 ) -> Result<(crate::network::Network, Ipv4Addr), NetworkError> {
     let store = NetworkStore::new(&host.root);
-    let default = query == DEFAULT_NETWORK || query == "bridge";
+    let default = crate::network::is_default(query);
     let mut attempts = 0;
     loop {
         let network =

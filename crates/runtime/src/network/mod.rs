@@ -224,7 +224,7 @@ impl NetworkStore {
     /// The network named `query`, or whose id starts with it (`bridge` is `default`, as
     /// docker's default network is called).
     pub fn find(&self, query: &str) -> Result<Network, NetworkError> {
-        let name = if query == DOCKER_DEFAULT { DEFAULT_NETWORK } else { query };
+        let name = if is_default(query) { DEFAULT_NETWORK } else { query };
         match self.get(name) {
             Err(NetworkError::NotFound(_)) if query.len() >= 3 => {
                 let matches: Vec<Network> = self
@@ -376,6 +376,11 @@ impl NetworkStore {
             .map(|c| c.config.name)
             .unwrap_or_else(|_| crate::container::short_id(id).to_string())
     }
+}
+
+/// True for the default network's names: ours, and docker's (`bridge`).
+pub fn is_default(query: &str) -> bool {
+    query == DEFAULT_NETWORK || query == DOCKER_DEFAULT
 }
 
 /// Refuses what no container network should use: public, loopback, link-local,

@@ -41,8 +41,8 @@ pub struct CreateFlags {
     #[arg(long)]
     pub hostname: Option<String>,
     /// Set a label (KEY=VALUE)
-    #[arg(short, long = "label", value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = crate::commands::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// CPUs for the container, fractions allowed (its VM gets the next whole number)
     #[arg(long, default_value_t = 1.0, value_parser = parse_cpus)]
     pub cpus: f64,
@@ -152,11 +152,7 @@ pub fn create(flags: CreateFlags, context: &Context) -> anyhow::Result<Container
         );
     }
     env.extend(flags.env);
-    let mut labels = BTreeMap::new();
-    for label in flags.labels {
-        let (key, value) = label.split_once('=').unwrap_or((&label, ""));
-        labels.insert(key.to_string(), value.to_string());
-    }
+    let labels: BTreeMap<String, String> = flags.labels.into_iter().collect();
     let options = CreateOptions {
         image: flags.image,
         name: flags.name,

@@ -37,8 +37,8 @@ pub struct CreateArgs {
     #[arg(long)]
     internal: bool,
     /// Set a label (KEY=VALUE)
-    #[arg(short, long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = crate::commands::parse_label)]
+    labels: Vec<(String, String)>,
     /// The network's name
     name: String,
 }
@@ -69,12 +69,7 @@ pub fn run(command: NetworkCommand, context: &Context) -> anyhow::Result<ExitCod
     match command {
         NetworkCommand::Create(args) => {
             let _ = args.driver;
-            let labels: BTreeMap<String, String> = args
-                .labels
-                .iter()
-                .map(|l| l.split_once('=').unwrap_or((l, "")))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
             let network = store.create(&args.name, args.subnet, args.internal, labels)?;
             println!("{}", network.id);
         }

@@ -28,8 +28,8 @@ pub struct CreateArgs {
     #[arg(long, value_parser = crate::commands::rootfs::parse_size)]
     size: Option<u64>,
     /// Set a label (KEY=VALUE)
-    #[arg(short, long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = crate::commands::parse_label)]
+    labels: Vec<(String, String)>,
     /// The volume's name (default: a generated one)
     name: Option<String>,
 }
@@ -63,12 +63,7 @@ pub fn run(command: VolumeCommand, context: &Context) -> anyhow::Result<ExitCode
     match command {
         VolumeCommand::Create(args) => {
             let name = args.name.unwrap_or_else(vessel_runtime::container::new_id);
-            let labels: BTreeMap<String, String> = args
-                .labels
-                .iter()
-                .map(|l| l.split_once('=').unwrap_or((l, "")))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
             let volume =
                 store.create(&name, args.size.unwrap_or(DEFAULT_VOLUME_SIZE), labels, false)?;
             println!("{}", volume.name);
