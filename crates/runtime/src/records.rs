@@ -1,6 +1,6 @@
-//! The plumbing that the volume and network stores share: each keeps one directory per
-//! record, `<dir>/<name>/<file>.json`, written whole under a dot-name and renamed into
-//! place, so dot-names are never records.
+//! The plumbing that the container, volume and network stores share: each keeps one
+//! directory per record, `<dir>/<name>/<file>.json`, written whole under a dot-name and
+//! renamed into place, so dot-names are never records.
 
 use serde::de::DeserializeOwned;
 use std::path::Path;

@@ -204,19 +204,10 @@ impl ContainerStore {
         Ok(())
     }
 
-    fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => {
-                return Err(StoreError::Io { action: "read", path: self.dir.clone(), source: err })
-            }
-        };
-        Ok(entries
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| is_id(name))
-            .collect())
+    /// The ids of the containers (sorted).
+    pub(crate) fn ids(&self) -> Result<Vec<String>, StoreError> {
+        let names = crate::records::names(&self.dir).map_err(io("read", &self.dir))?;
+        Ok(names.into_iter().filter(|name| is_id(name)).collect())
     }
 
     /// The id of the container holding `name`, if that container exists.

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vessel_net::dns::{DnsServer, Names};
+use vessel_net::link::Netlink;
 use vessel_net::ports::PortMapping;
 use vessel_net::proxy::PublishedPorts;
 use vessel_net::tap::Tap;
@@ -97,6 +98,11 @@ pub fn container_files(
 #[derive(Debug)]
 pub struct ContainerNetwork {
     network: Option<Network>,
+    /// The container's address there.
+    ip: Option<Ipv4Addr>,
+    /// Where names the network does not know are asked (none on an internal network: a
+    /// relay out would be a way out).
+    upstreams: Vec<SocketAddr>,
     tap: Option<Tap>,
     dns: Option<DnsServer>,
     ports: Option<PublishedPorts>,
@@ -115,6 +121,8 @@ impl ContainerNetwork {
             let (hosts, resolv, hostname) = container_files(config, None, &host_resolv);
             return Ok(ContainerNetwork {
                 network: None,
+                ip: None,
+                upstreams: Vec::new(),
                 tap: None,
                 dns: None,
                 ports: None,
@@ -138,8 +146,15 @@ impl ContainerNetwork {
             resolv_conf: resolv.into_bytes(),
             hostname_file: hostname.into_bytes(),
         };
+        let upstreams = if network.internal {
+            Vec::new()
+        } else {
+            vessel_net::dns::upstreams_from_resolv_conf(&host_resolv)
+        };
         Ok(ContainerNetwork {
             network: Some(network),
+            ip: Some(attachment.ip),
+            upstreams,
             tap: Some(tap),
             dns: None,
             ports: None,
@@ -160,12 +175,13 @@ impl ContainerNetwork {
         let (host_owned, network_owned, tap_name) =
             (host.clone(), network.clone(), tap.name().to_string());
         // Netlink and nft block: off the runtime's thread, which is booting the VM.
+        // All of it over one netlink connection.
         tokio::task::spawn_blocking(move || {
-            NetworkStore::new(&host_owned.root).bring_up(&network_owned)?;
-            remove_stale_taps(&host_owned, &network_owned)?;
-            let bridge = network_owned.bridge();
             super::kernel::with_netlink(|netlink| async move {
-                Ok(netlink.attach_to_bridge(&tap_name, &bridge).await?)
+                let store = NetworkStore::new(&host_owned.root);
+                store.bring_up(&netlink, &network_owned).await?;
+                remove_stale_taps(&netlink, &host_owned, &network_owned).await?;
+                Ok(netlink.attach_to_bridge(&tap_name, &network_owned.bridge()).await?)
             })
         })
         .await
@@ -204,22 +220,13 @@ impl ContainerNetwork {
 
     /// Answers names and relays published ports until the returned task is aborted. The
     /// TAP stays open as long as the task: it holds this.
-    pub fn serve(self, host: &Host, ip: Option<Ipv4Addr>) -> tokio::task::JoinHandle<()> {
+    pub fn serve(self, host: &Host) -> tokio::task::JoinHandle<()> {
         let root = host.root.clone();
         tokio::spawn(async move {
-            let ContainerNetwork { network, tap, dns, ports, .. } = self;
+            let ContainerNetwork { network, ip, upstreams, tap, dns, ports, .. } = self;
             let _tap = tap;
             let dns = async {
                 if let (Some(dns), Some(network)) = (dns, network) {
-                    // An internal network resolves its containers' names only: a relay
-                    // out would be a way out.
-                    let upstreams = if network.internal {
-                        Vec::new()
-                    } else {
-                        let host_resolv =
-                            std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
-                        vessel_net::dns::upstreams_from_resolv_conf(&host_resolv)
-                    };
                     let names = Arc::new(NetworkNames::new(&root, network));
                     dns.serve(names, upstreams).await;
                 }
@@ -255,39 +262,33 @@ fn open_tap(name: &str) -> Result<Tap, NetworkError> {
 
 /// Deletes the TAPs on the network's bridge whose container is not running (the kernel
 /// deletes a TAP with its last holder, so this only meets what nothing expected).
-pub fn remove_stale_taps(host: &Host, network: &Network) -> Result<(), NetworkError> {
-    let bridge = network.bridge();
-    let ports =
-        super::kernel::with_netlink(
-            |netlink| async move { Ok(netlink.bridge_ports(&bridge).await?) },
-        )?;
+async fn remove_stale_taps(
+    netlink: &Netlink,
+    host: &Host,
+    network: &Network,
+) -> Result<(), NetworkError> {
+    let containers = ContainerStore::new(&host.root);
     // Matched by id only (a container may be named like another's short id), and a TAP
     // goes only on a clear answer: its container is gone or stopped.
-    let containers = match ContainerStore::new(&host.root).list() {
-        Ok(containers) => containers,
+    let ids = match containers.ids() {
+        Ok(ids) => ids,
         Err(err) => {
             tracing::warn!(error = %err, "cannot list containers; stale TAPs stay for now");
             return Ok(());
         }
     };
-    let stale: Vec<String> = ports
-        .into_iter()
-        .filter(|port| {
-            port.strip_prefix("vt-").is_some_and(|short_id| {
-                !containers.iter().any(|c| c.id().starts_with(short_id) && c.is_running())
-            })
-        })
-        .collect();
-    if stale.is_empty() {
-        return Ok(());
-    }
-    super::kernel::with_netlink(|netlink| async move {
-        for tap in stale {
-            tracing::info!(tap, "removing a TAP its container left");
-            netlink.delete_link(&tap).await?;
+    for port in netlink.bridge_ports(&network.bridge()).await? {
+        let Some(short_id) = port.strip_prefix("vt-") else { continue };
+        let running = ids
+            .iter()
+            .filter(|id| id.starts_with(short_id))
+            .any(|id| containers.load(id).is_ok_and(|c| c.is_running()));
+        if !running {
+            tracing::info!(tap = port, "removing a TAP its container left");
+            netlink.delete_link(&port).await?;
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// The names of a network's running containers, read from the store and cached for a

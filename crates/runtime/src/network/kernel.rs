@@ -1,6 +1,7 @@
-//! A network's kernel state: its bridge (netlink) and its nftables table. The calls are
-//! synchronous: netlink runs on a short-lived thread of its own with its own runtime, so
-//! they work the same from the CLI and from inside the supervisor's runtime.
+//! A network's kernel state: its bridge (netlink) and its nftables table. Netlink runs on
+//! a short-lived thread of its own with its own runtime ([`with_netlink`]), so callers are
+//! synchronous and work the same from the CLI and from inside the supervisor's runtime;
+//! one call does all a caller's steps over one connection.
 
 use super::{Network, NetworkError};
 use vessel_net::link::Netlink;
@@ -33,20 +34,20 @@ where
 }
 
 /// Creates what is missing of the bridge, its address and the rules; idempotent.
-pub(super) fn ensure_kernel_state(network: &Network) -> Result<(), NetworkError> {
-    let bridge = network.bridge();
-    let fresh = with_netlink(|netlink| async move {
-        let existed = netlink.link_exists(&bridge).await?;
-        netlink.ensure_bridge(&bridge, network.gateway, network.subnet.prefix_len()).await?;
-        Ok(!existed)
-    })?;
-    // Rules are checked only when the bridge is new or they are missing: `nft` is a
-    // process start, and this runs on every container start.
-    if fresh || !nft::table_exists(&network.table())? {
+/// `bridge_existed`: what the caller just learned of the bridge.
+pub(super) async fn ensure_kernel_state(
+    netlink: &Netlink,
+    network: &Network,
+    bridge_existed: bool,
+) -> Result<(), NetworkError> {
+    let (table, bridge) = (network.table(), network.bridge());
+    netlink.ensure_bridge(&bridge, network.gateway, network.subnet.prefix_len()).await?;
+    // A new bridge gets its rules; an old one only when they went missing (`nft flush
+    // ruleset`). `nft` is a process start, on every container start.
+    if !bridge_existed || !nft::table_exists(&table)? {
         if !network.internal {
             nft::enable_ip_forward()?;
         }
-        let (table, bridge) = (network.table(), network.bridge());
         nft::apply(&NetworkRules {
             table: &table,
             bridge: &bridge,
@@ -56,11 +57,6 @@ pub(super) fn ensure_kernel_state(network: &Network) -> Result<(), NetworkError>
         })?;
     }
     Ok(())
-}
-
-pub(super) fn bridge_exists(network: &Network) -> Result<bool, NetworkError> {
-    let bridge = network.bridge();
-    with_netlink(|netlink| async move { Ok(netlink.link_exists(&bridge).await?) })
 }
 
 /// Deletes the bridge and the rules; what is already gone is fine.

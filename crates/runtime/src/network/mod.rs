@@ -10,9 +10,7 @@ mod attach;
 mod kernel;
 mod leases;
 
-pub use attach::{
-    container_files, remove_stale_taps, tap_name, Attachment, ContainerNetwork, NetworkNames,
-};
+pub use attach::{container_files, tap_name, Attachment, ContainerNetwork, NetworkNames};
 pub use leases::Lease;
 
 use crate::container::{valid_name, write_json_atomically};
@@ -22,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use vessel_net::link::Netlink;
 use vessel_net::subnet::{carve, Subnet, DEFAULT_POOL};
 
 /// The network containers join when none is named.
@@ -200,7 +199,12 @@ impl NetworkStore {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(err);
         }
-        if let Err(err) = kernel::ensure_kernel_state(&network) {
+        let made = &network;
+        let created = kernel::with_netlink(|netlink| async move {
+            let existed = netlink.link_exists(&made.bridge()).await?;
+            kernel::ensure_kernel_state(&netlink, made, existed).await
+        });
+        if let Err(err) = created {
             let _ = kernel::tear_down(&network);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err);
@@ -302,16 +306,22 @@ impl NetworkStore {
         }
     }
 
-    /// Makes the network's bridge and rules exist (after a reboot they are gone). A bridge
-    /// made again is checked first against what the host uses by now (another state root,
-    /// a VPN), under the pool lock, as at creation.
-    pub fn bring_up(&self, network: &Network) -> Result<(), NetworkError> {
-        if kernel::bridge_exists(network)? {
-            return kernel::ensure_kernel_state(network);
+    /// Makes the network's bridge and rules exist (after a reboot they are gone), over the
+    /// caller's netlink connection. A bridge made again is checked first against what the
+    /// host uses by now (another state root, a VPN), under the pool lock, as at creation.
+    pub(super) async fn bring_up(
+        &self,
+        netlink: &Netlink,
+        network: &Network,
+    ) -> Result<(), NetworkError> {
+        let bridge = network.bridge();
+        if netlink.link_exists(&bridge).await? {
+            return kernel::ensure_kernel_state(netlink, network, true).await;
         }
         let _pool = self.pool_lock()?;
-        if !kernel::bridge_exists(network)? {
-            let used = kernel::host_subnets()?;
+        let existed = netlink.link_exists(&bridge).await?;
+        if !existed {
+            let used = netlink.host_subnets().await?;
             if let Some(other) = used.iter().find(|used| used.overlaps(&network.subnet)) {
                 return Err(NetworkError::Overlap {
                     subnet: network.subnet,
@@ -321,7 +331,7 @@ impl NetworkStore {
                 });
             }
         }
-        kernel::ensure_kernel_state(network)
+        kernel::ensure_kernel_state(netlink, network, existed).await
     }
 
     /// Subnets are picked under a host-wide lock when there is one (/run/lock): two state

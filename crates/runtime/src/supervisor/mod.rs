@@ -305,8 +305,7 @@ async fn run_main(
         .await
         .map_err(|err| fail(EXIT_START_FAILED, crate::error_chain(&err)))?;
     *shared.volume_locks.lock().expect("not poisoned") = volume_locks;
-    let ip = config.network.as_ref().map(|attachment| attachment.ip);
-    *shared.network.lock().expect("not poisoned") = Some(network.serve(host, ip));
+    *shared.network.lock().expect("not poisoned") = Some(network.serve(host));
     let _ = shared.agent.set(sandbox.agent().clone());
     if let Some(pid) = vessel_vm::Vm::pid(sandbox.vm()) {
         let _ = shared.vm_pid.set(pid);
