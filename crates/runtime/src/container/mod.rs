@@ -316,24 +316,25 @@ pub fn remove(host: &crate::Host, container: &Container, volumes: bool) -> Resul
         removed = store.remove(container);
     }
     removed?;
-    release_network(&host.root, container);
-    if volumes {
-        crate::volume::remove_anonymous(&host.root, container);
-    }
+    release_held(&host.root, container, volumes);
     let _ = std::fs::remove_file(host.control_socket(container.id()));
     let _ = std::fs::remove_dir_all(host.vm_run_dir(container.short_id()));
     crate::supervisor::remove_staged_files(host, container.id());
     Ok(())
 }
 
-/// Frees a removed container's address (a crash before this leaves a lease the next
-/// allocation reclaims).
-pub(crate) fn release_network(root: &Path, container: &Container) {
+/// What a removed container held beyond its directory: its address, and with `volumes`
+/// its anonymous volumes. (A crash before this leaves a lease the next allocation
+/// reclaims.)
+pub(crate) fn release_held(root: &Path, container: &Container, volumes: bool) {
     if let Some(attachment) = &container.config.network {
         let store = crate::network::NetworkStore::new(root);
         if let Err(err) = store.release(&attachment.network, attachment.ip, container.id()) {
             tracing::warn!(error = %err, "cannot free the container's address");
         }
+    }
+    if volumes {
+        crate::volume::remove_anonymous(root, container);
     }
 }
 

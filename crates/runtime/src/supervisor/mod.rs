@@ -284,8 +284,7 @@ pub async fn run(
     }
     if container.config.auto_remove {
         store.remove_held(&container)?;
-        crate::container::release_network(&host.root, &container);
-        crate::volume::remove_anonymous(&host.root, &container);
+        crate::container::release_held(&host.root, &container, true);
     }
     Ok(())
 }
