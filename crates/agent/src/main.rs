@@ -4,6 +4,7 @@
 //! request or on a fatal error, syncs and powers the VM off. It logs to the console, which the
 //! host keeps as the VM's boot log.
 
+mod clock;
 mod container;
 mod container_init;
 mod copy;

@@ -1,11 +1,12 @@
-//! vsock plumbing: the listener tonic serves on, and the one-shot "ready" call to the host.
+//! vsock plumbing: the listener tonic serves on, and the one-shot "ready" call to the host
+//! (which sets the guest's clock).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
-use vessel_proto::{ports, HOST_CID};
+use vessel_proto::{ports, ready, HOST_CID};
 
 /// One accepted host connection, in the shape tonic's server wants.
 #[derive(Debug)]
@@ -75,9 +76,25 @@ pub async fn serve_echo(listener: VsockListener) {
     }
 }
 
-/// Tells the host the agent serves, so the host never polls for it.
+/// Tells the host the agent serves, so the host never polls for it. The host answers with
+/// its clock, which the guest's is set from: the RTC gave it whole seconds only, so until
+/// then it runs up to a second behind the host's.
 pub async fn announce_ready() -> io::Result<()> {
     let mut stream = VsockStream::connect(VsockAddr::new(HOST_CID, ports::READY)).await?;
-    stream.write_all(b"ready\n").await?;
-    stream.shutdown(std::net::Shutdown::Write)
+    let asked = std::time::Instant::now();
+    stream.write_all(ready::MESSAGE).await?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = Vec::with_capacity(32);
+    let mut limited = (&mut stream).take(64);
+    tokio::time::timeout(CLOCK_REPLY_TIMEOUT, limited.read_to_end(&mut reply))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the host sent no time"))??;
+    // The host read its clock somewhere in the round trip: its middle is the best guess.
+    let host_time = ready::parse_time_reply(&reply).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "the host's time reply is malformed")
+    })? + asked.elapsed() / 2;
+    crate::clock::set(host_time)
 }
+
+/// The host answers at once; a host that does not leaves the RTC's time.
+const CLOCK_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

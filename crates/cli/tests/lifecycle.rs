@@ -31,6 +31,25 @@ fn assert_nothing_running(root: &TestRoot) {
     }
 }
 
+/// The guest's wall clock, read by an exec, falls between the host's before and after it
+/// (with a little room for rounding in the guest's estimate of the host's time).
+fn assert_guest_clock_is_the_hosts(root: &TestRoot, container: &str) {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    // busybox's adjtimex prints the time in seconds and microseconds.
+    let script = "adjtimex | awk '/tv_sec/ {s = $2} /tv_usec/ {u = $2} END {print s, u}'";
+    let before = now();
+    let printed = root.ok(&["exec", container, "sh", "-c", script]);
+    let after = now();
+    let fields: Vec<u64> =
+        printed.split_whitespace().map(|field| field.parse().expect(&printed)).collect();
+    let guest = Duration::from_secs(fields[0]) + Duration::from_micros(fields[1]);
+    let slack = Duration::from_millis(20);
+    assert!(
+        before.saturating_sub(slack) <= guest && guest <= after + slack,
+        "guest clock {guest:?} is outside the host's {before:?}..{after:?}"
+    );
+}
+
 #[test]
 fn detached_container_with_exec_logs_stop_start_and_rm() {
     let root = busybox_root();
@@ -82,6 +101,8 @@ fn detached_container_with_exec_logs_stop_start_and_rm() {
     assert_eq!(root.run(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
     let output = root.run(&["exec", "web", "no-such-command"]);
     assert_eq!(output.status.code(), Some(127));
+    // The guest's clock is the host's (its RTC alone leaves it up to a second behind).
+    assert_guest_clock_is_the_hosts(&root, "web");
     // exec -i: our stdin reaches the process.
     let mut child = root
         .command(&["exec", "-i", "web", "tr", "a-z", "A-Z"])

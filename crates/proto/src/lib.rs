@@ -18,6 +18,58 @@ pub mod ports {
     pub const ECHO: u32 = 1026;
 }
 
+/// The agent's "ready" call on `ports::READY`, and the host's answer: its clock, which the
+/// guest's is set from.
+pub mod ready {
+    use std::time::Duration;
+
+    /// What the agent writes once it serves.
+    pub const MESSAGE: &[u8] = b"ready\n";
+
+    /// The host's answer: `time <nanoseconds since the Unix epoch>\n`.
+    pub fn time_reply(since_epoch: Duration) -> String {
+        format!("time {}\n", since_epoch.as_nanos())
+    }
+
+    /// The time in a `time_reply`, if it is one (and fits in a `Duration` of whole
+    /// nanoseconds below 2^64).
+    pub fn parse_time_reply(reply: &[u8]) -> Option<Duration> {
+        let text = std::str::from_utf8(reply).ok()?;
+        let digits = text.strip_prefix("time ")?.strip_suffix('\n')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u64>().ok().map(Duration::from_nanos)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_time_reply_round_trips() {
+            let time = Duration::new(1_795_767_090, 842_262_000);
+            assert_eq!(parse_time_reply(time_reply(time).as_bytes()), Some(time));
+        }
+
+        #[test]
+        fn malformed_time_replies_are_refused() {
+            for bad in [
+                &b""[..],
+                b"time \n",
+                b"time 12",
+                b"time -5\n",
+                b"time +5\n",
+                b"time 1 2\n",
+                b"time 99999999999999999999999\n",
+                b"ready\n",
+            ] {
+                assert_eq!(parse_time_reply(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            }
+        }
+    }
+}
+
 /// The vsock CID of the host, as the guest sees it.
 pub const HOST_CID: u32 = 2;
 

@@ -4,8 +4,8 @@ use crate::agent::AgentClient;
 use crate::{Host, RuntimeError};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use vessel_proto::ports;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vessel_proto::{ports, ready};
 use vessel_vm::qemu::{QemuBackend, QemuVm};
 use vessel_vm::{Accel, Backend, Disk, Nic, Share, Vm, VmConfig, VmExit};
 
@@ -84,7 +84,7 @@ impl Sandbox {
         std::fs::write(&owner, std::process::id().to_string())
             .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
         let vsock = vessel_vm::qemu::host_vsock(&run_dir);
-        let ready = vsock.listen(ports::READY).map_err(|source| RuntimeError::Io {
+        let ready_listener = vsock.listen(ports::READY).map_err(|source| RuntimeError::Io {
             action: "listen for the agent on",
             path: vsock.listen_path(ports::READY),
             source,
@@ -108,7 +108,7 @@ impl Sandbox {
         let mut vm = backend.boot(config).await?;
         dir_guard.disarm();
         tracing::debug!(vm = %options.name, pid = ?vm.pid(), "VM started");
-        let ready_after = match wait_ready(&mut vm, ready).await {
+        let ready_after = match wait_ready(&mut vm, ready_listener).await {
             Ok(()) => started.elapsed(),
             Err(err) => {
                 let _ = vm.kill().await;
@@ -218,26 +218,32 @@ pub struct Stopped {
 }
 
 /// Waits for the agent's "ready" call, or for the VM to end or the deadline to pass.
-async fn wait_ready(vm: &mut QemuVm, ready: tokio::net::UnixListener) -> Result<(), RuntimeError> {
+async fn wait_ready(
+    vm: &mut QemuVm,
+    listener: tokio::net::UnixListener,
+) -> Result<(), RuntimeError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let accept = async {
-        let (mut stream, _) = ready.accept().await?;
-        let mut line = [0u8; 6];
+        let (mut stream, _) = listener.accept().await?;
+        let mut line = [0u8; ready::MESSAGE.len()];
         stream.read_exact(&mut line).await?;
-        Ok::<_, std::io::Error>(line)
+        if line != ready::MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected ready message {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        // The guest sets its clock from this; its RTC only had whole seconds.
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        stream.write_all(ready::time_reply(now).as_bytes()).await?;
+        Ok::<_, std::io::Error>(())
     };
     tokio::pin!(accept);
     loop {
         tokio::select! {
-            line = &mut accept => {
-                return match line {
-                    Ok(line) if &line == b"ready\n" => Ok(()),
-                    Ok(line) => Err(RuntimeError::AgentConnect(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("unexpected ready message {:?}", String::from_utf8_lossy(&line)),
-                    ))),
-                    Err(err) => Err(RuntimeError::AgentConnect(err)),
-                };
+            answered = &mut accept => {
+                return answered.map_err(RuntimeError::AgentConnect);
             }
             exit = vm.wait(Duration::from_millis(50)) => {
                 if let Some(exit) = exit? {
