@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tonic::Status;
 use vessel_proto::agent::CreateContainerRequest;
+use vessel_proto::writable_disk;
 
 const CONTAINERS_DIR: &str = "/run/containers";
 /// The directory of an image disk (a snapshot) holding the image's tree; the filesystem
@@ -81,7 +82,8 @@ impl Containers {
         } else {
             mount_ext4(&request.writable_device, &writable, false)?;
         }
-        let (upper, work) = (writable.join("upper"), writable.join("work"));
+        let (upper, work) =
+            (writable.join(writable_disk::UPPER), writable.join(writable_disk::WORK));
         for path in [&upper, &work, &rootfs] {
             std::fs::create_dir_all(path).map_err(|err| io_status("create", path, err))?;
         }

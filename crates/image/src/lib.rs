@@ -10,4 +10,7 @@ pub mod rootfs;
 pub mod snapshot;
 
 pub use layer::LayerError;
-pub use rootfs::{create_empty, create_rootfs, Progress, RootfsError, RootfsOptions, NESTED_ROOT};
+pub use rootfs::{
+    create_empty, create_rootfs, create_with_dirs, Progress, RootfsError, RootfsOptions,
+    NESTED_ROOT,
+};

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tempfile::NamedTempFile;
-use vessel_ext4::{BuildOptions, Builder, Ext4Error, Summary};
+use vessel_ext4::{
+    BuildOptions, Builder, Ext4Error, Metadata, Node, NodeKind, Summary, Timestamp, Tree,
+};
 
 use crate::layer::{self, LayerError};
 
@@ -212,8 +214,20 @@ pub fn create_empty(
     size: u64,
     opts: &RootfsOptions,
 ) -> Result<Summary, RootfsError> {
+    create_with_dirs(output, size, opts, &[])
+}
+
+/// Writes a journaled, writable filesystem of `size` bytes to `output`, holding only the
+/// empty directories `dirs` (0755, owned by root) in its root. Made here, they cost a guest
+/// nothing; made by a guest, each is a journaled change at its first start.
+pub fn create_with_dirs(
+    output: &Path,
+    size: u64,
+    opts: &RootfsOptions,
+    dirs: &[&str],
+) -> Result<Summary, RootfsError> {
     let tmp = temp_beside(output)?;
-    let b = builder_for(
+    let mut b = builder_for(
         &tmp,
         BuildOptions {
             size: Some(size),
@@ -222,6 +236,19 @@ pub fn create_empty(
             timestamp: opts.timestamp,
         },
     )?;
+    let now = opts.timestamp.unwrap_or_else(|| {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since_epoch.map(|d| d.as_secs() as i64).unwrap_or(0)
+    });
+    let time = Timestamp { secs: now, nsec: 0 };
+    for dir in dirs {
+        let node = b.tree_mut().add(Node {
+            meta: Metadata { mode: 0o755, mtime: time, atime: time, ..Default::default() },
+            kind: NodeKind::Dir(Default::default()),
+            tag: 0,
+        });
+        b.tree_mut().insert(Tree::ROOT, dir.as_bytes(), node)?;
+    }
     let summary = b.finish()?;
     tmp.persist(output)?;
     Ok(summary)

@@ -18,6 +18,13 @@ pub mod ports {
     pub const ECHO: u32 = 1026;
 }
 
+/// The container's writable disk: the overlay's upper and work directories sit in its root.
+/// The host makes them when it formats the disk; the agent makes them if they are missing.
+pub mod writable_disk {
+    pub const UPPER: &str = "upper";
+    pub const WORK: &str = "work";
+}
+
 /// The agent's "ready" call on `ports::READY`, and the host's answer: its clock, which the
 /// guest's is set from.
 pub mod ready {

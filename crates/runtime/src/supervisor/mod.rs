@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Mutex};
 use vessel_proto::agent::{ContainerMount, CreateContainerRequest};
+use vessel_proto::writable_disk;
 
 /// Size of a container's writable disk: sparse, so only what is written takes space.
 pub const WRITABLE_DISK_SIZE: u64 = 8 << 30;
@@ -425,7 +426,13 @@ async fn boot(
     if !config.read_only {
         let writable = container.writable_disk();
         if !writable.exists() {
-            vessel_image::create_empty(&writable, WRITABLE_DISK_SIZE, &Default::default())?;
+            let overlay_dirs = [writable_disk::UPPER, writable_disk::WORK];
+            vessel_image::create_with_dirs(
+                &writable,
+                WRITABLE_DISK_SIZE,
+                &Default::default(),
+                &overlay_dirs,
+            )?;
         }
         disks.push(vessel_vm::Disk { path: writable, read_only: false });
     }
