@@ -194,11 +194,16 @@ pub async fn run() -> Result<(), ServeError> {
     let server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown_requested(shutdown_rx.clone()));
-    tokio::spawn(async {
-        if let Err(err) = vsock::announce_ready().await {
-            log::error(format_args!("cannot tell the host the agent is ready: {err}"));
+    // Ready is announced and the clock set before any request is served (the listener holds
+    // the host's connection meanwhile), so no container process starts on the RTC's time.
+    match vsock::announce_ready().await {
+        Ok((stream, asked)) => {
+            if let Err(err) = vsock::set_clock_from_host(stream, asked).await {
+                log::error(format_args!("the clock stays as the RTC set it: {err}"));
+            }
         }
-    });
+        Err(err) => log::error(format_args!("cannot tell the host the agent is ready: {err}")),
+    }
     log::info(format_args!("serving on vsock port {} at {ready_uptime_ms} ms", ports::AGENT));
 
     // A graceful shutdown waits for every connection to close, and the host may keep its

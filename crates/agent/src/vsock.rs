@@ -4,6 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
 use vessel_proto::{ports, ready, HOST_CID};
@@ -76,25 +77,37 @@ pub async fn serve_echo(listener: VsockListener) {
     }
 }
 
-/// Tells the host the agent serves, so the host never polls for it. The host answers with
-/// its clock, which the guest's is set from: the RTC gave it whole seconds only, so until
-/// then it runs up to a second behind the host's.
-pub async fn announce_ready() -> io::Result<()> {
+/// Tells the host the agent serves, so the host never polls for it. The host answers on
+/// the same connection (see [`set_clock_from_host`]); `Instant` is when it was asked.
+pub async fn announce_ready() -> io::Result<(VsockStream, Instant)> {
     let mut stream = VsockStream::connect(VsockAddr::new(HOST_CID, ports::READY)).await?;
-    let asked = std::time::Instant::now();
+    let asked = Instant::now();
     stream.write_all(ready::MESSAGE).await?;
     stream.shutdown(std::net::Shutdown::Write)?;
-    let mut reply = Vec::with_capacity(32);
-    let mut limited = (&mut stream).take(64);
-    tokio::time::timeout(CLOCK_REPLY_TIMEOUT, limited.read_to_end(&mut reply))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the host sent no time"))??;
-    // The host read its clock somewhere in the round trip: its middle is the best guess.
-    let host_time = ready::parse_time_reply(&reply).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "the host's time reply is malformed")
-    })? + asked.elapsed() / 2;
-    crate::clock::set(host_time)
+    Ok((stream, asked))
 }
 
-/// The host answers at once; a host that does not leaves the RTC's time.
-const CLOCK_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Sets the guest's clock from the host's answer to the ready call: the RTC gave it whole
+/// seconds only, so until then it runs up to a second behind the host's.
+pub async fn set_clock_from_host(mut stream: VsockStream, asked: Instant) -> io::Result<()> {
+    let mut reply = Vec::with_capacity(32);
+    let mut limited = (&mut stream).take(64);
+    tokio::time::timeout(ANSWER_TIMEOUT, limited.read_to_end(&mut reply))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the host sent no time"))??;
+    if reply.is_empty() {
+        return Err(io::Error::other("the host sent no time (a vessel older than this agent?)"));
+    }
+    let Some(host_time) = ready::parse_time_reply(&reply) else {
+        let reply = String::from_utf8_lossy(&reply);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the host's answer {reply:?} is no time"),
+        ));
+    };
+    // The host read its clock somewhere in the round trip: its middle is the best guess.
+    crate::clock::set(host_time + asked.elapsed() / 2)
+}
+
+/// The host answers at once; one that does not leaves the RTC's time.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -42,6 +42,7 @@ fn assert_guest_clock_is_the_hosts(root: &TestRoot, container: &str) {
     let after = now();
     let fields: Vec<u64> =
         printed.split_whitespace().map(|field| field.parse().expect(&printed)).collect();
+    assert_eq!(fields.len(), 2, "adjtimex printed no time: {printed:?}");
     let guest = Duration::from_secs(fields[0]) + Duration::from_micros(fields[1]);
     let slack = Duration::from_millis(20);
     assert!(

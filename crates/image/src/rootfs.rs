@@ -238,7 +238,7 @@ pub fn create_with_dirs(
     )?;
     let now = opts.timestamp.unwrap_or_else(|| {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        since_epoch.map(|d| d.as_secs() as i64).unwrap_or(0)
+        since_epoch.ok().and_then(|d| i64::try_from(d.as_secs()).ok()).unwrap_or(0)
     });
     let time = Timestamp { secs: now, nsec: 0 };
     for dir in dirs {
@@ -247,7 +247,10 @@ pub fn create_with_dirs(
             kind: NodeKind::Dir(Default::default()),
             tag: 0,
         });
-        b.tree_mut().insert(Tree::ROOT, dir.as_bytes(), node)?;
+        if b.tree_mut().insert(Tree::ROOT, dir.as_bytes(), node)?.is_some() {
+            let name = dir.to_string();
+            return Err(Ext4Error::InvalidName { name, reason: "given twice" }.into());
+        }
     }
     let summary = b.finish()?;
     tmp.persist(output)?;

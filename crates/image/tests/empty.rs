@@ -34,9 +34,9 @@ fn an_empty_filesystem_holds_the_directories_asked_for() {
 fn a_directory_name_that_cannot_be_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("writable.ext4");
-    for bad in ["a/b", "", ".", ".."] {
+    for bad in [&["a/b"][..], &[""], &["."], &[".."], &["upper", "upper"]] {
         assert!(
-            create_with_dirs(&out, 64 << 20, &RootfsOptions::default(), &[bad]).is_err(),
+            create_with_dirs(&out, 64 << 20, &RootfsOptions::default(), bad).is_err(),
             "{bad:?}"
         );
         assert!(!out.exists(), "a refused name left {}", out.display());

@@ -223,22 +223,7 @@ async fn wait_ready(
     listener: tokio::net::UnixListener,
 ) -> Result<(), RuntimeError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let accept = async {
-        let (mut stream, _) = listener.accept().await?;
-        let mut line = [0u8; ready::MESSAGE.len()];
-        stream.read_exact(&mut line).await?;
-        if line != ready::MESSAGE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("unexpected ready message {:?}", String::from_utf8_lossy(&line)),
-            ));
-        }
-        // The guest sets its clock from this; its RTC only had whole seconds.
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        stream.write_all(ready::time_reply(now).as_bytes()).await?;
-        Ok::<_, std::io::Error>(())
-    };
+    let accept = accept_ready(&listener);
     tokio::pin!(accept);
     loop {
         tokio::select! {
@@ -264,6 +249,27 @@ async fn wait_ready(
             }
         }
     }
+}
+
+/// Takes the agent's "ready" call and answers it with the host's clock.
+async fn accept_ready(listener: &tokio::net::UnixListener) -> std::io::Result<()> {
+    let (mut stream, _) = listener.accept().await?;
+    let mut line = [0u8; ready::MESSAGE.len()];
+    stream.read_exact(&mut line).await?;
+    if line != ready::MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unexpected ready message {:?}", String::from_utf8_lossy(&line)),
+        ));
+    }
+    // The guest sets its clock from this; its RTC only had whole seconds. The agent is
+    // ready either way: one too old to read this has gone already.
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if let Err(err) = stream.write_all(ready::time_reply(now).as_bytes()).await {
+        tracing::debug!(error = %err, "the agent did not take the host's time");
+    }
+    Ok(())
 }
 
 /// The initramfs for `init`, built once per build of vessel-init (keyed by its path, size
@@ -305,4 +311,58 @@ pub fn console_tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{UnixListener, UnixStream};
+
+    fn listener() -> (tempfile::TempDir, UnixListener, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ready.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        (dir, listener, path)
+    }
+
+    #[tokio::test]
+    async fn the_ready_call_is_answered_with_the_hosts_time() {
+        let (_dir, listener, path) = listener();
+        let guest = tokio::spawn(async move {
+            let mut stream = UnixStream::connect(path).await.unwrap();
+            stream.write_all(ready::MESSAGE).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            answer
+        });
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        accept_ready(&listener).await.unwrap();
+        let time = ready::parse_time_reply(&guest.await.unwrap()).expect("a time");
+        assert!(time >= before && time < before + Duration::from_secs(5), "{time:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_hangs_up_after_ready_is_still_ready() {
+        // vessel-init from before the clock was set this way: it says ready and goes.
+        let (_dir, listener, path) = listener();
+        let guest = tokio::spawn(async move {
+            let mut stream = UnixStream::connect(path).await.unwrap();
+            stream.write_all(ready::MESSAGE).await.unwrap();
+        });
+        guest.await.unwrap();
+        accept_ready(&listener).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_refused() {
+        let (_dir, listener, path) = listener();
+        tokio::spawn(async move {
+            let mut stream = UnixStream::connect(path).await.unwrap();
+            stream.write_all(b"hello\n").await.unwrap();
+        });
+        let err = accept_ready(&listener).await.unwrap_err();
+        assert!(err.to_string().contains("unexpected ready message"), "{err}");
+    }
 }
