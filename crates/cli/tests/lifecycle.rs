@@ -31,8 +31,9 @@ fn assert_nothing_running(root: &TestRoot) {
     }
 }
 
-/// The guest's wall clock, read by an exec, falls between the host's before and after it
-/// (with a little room for rounding in the guest's estimate of the host's time).
+/// The guest's wall clock, read by an exec, falls between the host's before and after it.
+/// The slack covers the guest's estimate of the host's time (half a round trip, which a
+/// loaded host stretches); a guest left on its RTC's time is behind by up to a second.
 fn assert_guest_clock_is_the_hosts(root: &TestRoot, container: &str) {
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     // busybox's adjtimex prints the time in seconds and microseconds.
@@ -44,7 +45,7 @@ fn assert_guest_clock_is_the_hosts(root: &TestRoot, container: &str) {
         printed.split_whitespace().map(|field| field.parse().expect(&printed)).collect();
     assert_eq!(fields.len(), 2, "adjtimex printed no time: {printed:?}");
     let guest = Duration::from_secs(fields[0]) + Duration::from_micros(fields[1]);
-    let slack = Duration::from_millis(20);
+    let slack = Duration::from_millis(50);
     assert!(
         before.saturating_sub(slack) <= guest && guest <= after + slack,
         "guest clock {guest:?} is outside the host's {before:?}..{after:?}"
