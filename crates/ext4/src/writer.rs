@@ -10,7 +10,7 @@ use crate::alloc::Alloc;
 use crate::extent::{push_block, Extent};
 use crate::group::{gdt_blocks, BLOCKS_PER_GROUP};
 use crate::inode::INODE_SIZE;
-use crate::tree::{FileData, Metadata, NodeId, Timestamp, Tree};
+use crate::tree::{FileData, Metadata, Node, NodeId, NodeKind, Timestamp, Tree};
 use crate::{io_err, Ext4Error, Result, BLOCK_SIZE};
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -187,6 +187,23 @@ impl Builder {
     /// `lost+found`.
     pub fn nest_root(&mut self, name: &[u8]) -> Result<NodeId> {
         self.tree.nest_root(name, root_metadata(self.now))
+    }
+
+    /// Adds the empty directory `name` to the filesystem root, made like the root of a new
+    /// builder (0755, owned by root, the build's time); a name already there is refused.
+    pub fn add_root_dir(&mut self, name: &[u8]) -> Result<NodeId> {
+        Tree::check_name(name)?;
+        if self.tree.lookup(Tree::ROOT, name).is_some() {
+            let name = String::from_utf8_lossy(name).into_owned();
+            return Err(Ext4Error::InvalidName { name, reason: "already in the root" });
+        }
+        let dir = self.tree.add(Node {
+            meta: root_metadata(self.now),
+            kind: NodeKind::Dir(Default::default()),
+            tag: 0,
+        });
+        self.tree.insert(Tree::ROOT, name, dir)?;
+        Ok(dir)
     }
 
     /// Bytes of the image used so far by file data (a progress hint).

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tempfile::NamedTempFile;
-use vessel_ext4::{
-    BuildOptions, Builder, Ext4Error, Metadata, Node, NodeKind, Summary, Timestamp, Tree,
-};
+use vessel_ext4::{BuildOptions, Builder, Ext4Error, Summary};
 
 use crate::layer::{self, LayerError};
 
@@ -236,21 +234,8 @@ pub fn create_with_dirs(
             timestamp: opts.timestamp,
         },
     )?;
-    let now = opts.timestamp.unwrap_or_else(|| {
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        since_epoch.ok().and_then(|d| i64::try_from(d.as_secs()).ok()).unwrap_or(0)
-    });
-    let time = Timestamp { secs: now, nsec: 0 };
     for dir in dirs {
-        let node = b.tree_mut().add(Node {
-            meta: Metadata { mode: 0o755, mtime: time, atime: time, ..Default::default() },
-            kind: NodeKind::Dir(Default::default()),
-            tag: 0,
-        });
-        if b.tree_mut().insert(Tree::ROOT, dir.as_bytes(), node)?.is_some() {
-            let name = dir.to_string();
-            return Err(Ext4Error::InvalidName { name, reason: "given twice" }.into());
-        }
+        b.add_root_dir(dir.as_bytes())?;
     }
     let summary = b.finish()?;
     tmp.persist(output)?;
