@@ -459,16 +459,26 @@ mod tests {
         assert_eq!(throttle.pass(), None);
     }
 
-    /// A flow idle past the timeout is dropped: the next datagram of the same client
-    /// reaches the target from a new socket.
-    #[tokio::test]
-    async fn idle_udp_flows_are_dropped() {
+    /// A target socket and a relay to it on 127.0.0.1 with room for `flows` flows: the
+    /// target, the relay's address, and its task.
+    async fn udp_relay(
+        idle: Duration,
+        flows: usize,
+    ) -> (UdpSocket, SocketAddr, tokio::task::JoinHandle<()>) {
         let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let target_addr = v4(target.local_addr().unwrap());
         let proxy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = proxy.local_addr().unwrap();
+        let relay = tokio::spawn(relay_udp(proxy, target_addr, idle, budget(flows)));
+        (target, proxy_addr, relay)
+    }
+
+    /// A flow idle past the timeout is dropped: the next datagram of the same client
+    /// reaches the target from a new socket.
+    #[tokio::test]
+    async fn idle_udp_flows_are_dropped() {
         let idle = Duration::from_millis(200);
-        let relay = tokio::spawn(relay_udp(proxy, target_addr, idle, budget(UDP_MAX_FLOWS)));
+        let (target, proxy_addr, relay) = udp_relay(idle, UDP_MAX_FLOWS).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buffer = [0u8; 16];
 
@@ -489,12 +499,8 @@ mod tests {
     /// gone idle and given its slot back.
     #[tokio::test]
     async fn an_idle_flow_gives_its_slot_back() {
-        let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let target_addr = v4(target.local_addr().unwrap());
-        let proxy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = proxy.local_addr().unwrap();
         let idle = Duration::from_millis(200);
-        let relay = tokio::spawn(relay_udp(proxy, target_addr, idle, budget(1)));
+        let (target, proxy_addr, relay) = udp_relay(idle, 1).await;
         let first = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let second = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buffer = [0u8; 16];
