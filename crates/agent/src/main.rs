@@ -4,10 +4,12 @@
 //! request or on a fatal error, syncs and powers the VM off. It logs to the console, which the
 //! host keeps as the VM's boot log.
 
+mod channel;
 mod clock;
 mod container;
 mod container_init;
 mod copy;
+mod entropy;
 mod fs;
 mod log;
 mod mounts;

@@ -72,6 +72,14 @@ pub fn configure(config: Option<&NetworkConfig>) -> Result<(), NetworkError> {
     netlink
         .request(libc::RTM_NEWADDR, &address(eth0, &plan), NLM_F_CREATE | NLM_F_REPLACE)
         .map_err(step(format!("set {ETH0}'s address {cidr}")))?;
+    if let Some(mac) = plan.mac {
+        // Before eth0 is up: a restored VM's NIC starts with its template's address.
+        let mut link = link(eth0);
+        link.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        netlink
+            .request(libc::RTM_SETLINK, &link, 0)
+            .map_err(step(format!("set {ETH0}'s MAC address")))?;
+    }
     if let Some(mtu) = plan.mtu {
         let mut link = link(eth0);
         link.attributes.push(LinkAttribute::Mtu(mtu));
@@ -103,6 +111,8 @@ struct Plan {
     gateway: Option<Ipv4Addr>,
     /// None: the kernel's default.
     mtu: Option<u32>,
+    /// None: the NIC's own.
+    mac: Option<[u8; 6]>,
 }
 
 impl Plan {
@@ -134,7 +144,13 @@ impl Plan {
             }
             mtu => Some(mtu),
         };
-        Ok(Some(Plan { address, prefix_len, gateway, mtu }))
+        let mac = match config.mac.len() {
+            0 => None,
+            _ => Some(<[u8; 6]>::try_from(config.mac.as_slice()).map_err(|_| {
+                NetworkError::Invalid(format!("MAC address of {} bytes", config.mac.len()))
+            })?),
+        };
+        Ok(Some(Plan { address, prefix_len, gateway, mtu, mac }))
     }
 }
 
@@ -356,6 +372,10 @@ mod tests {
         assert_eq!(plan.gateway, Some(Ipv4Addr::new(10, 213, 0, 1)));
         let internal = Plan::parse(&config("10.213.0.2", 24, "")).unwrap().unwrap();
         assert_eq!(internal.gateway, None);
+        assert_eq!(internal.mac, None);
+        let mac = vec![0x02, 0x76, 0x0a, 0xd5, 0, 2];
+        let with_mac = NetworkConfig { mac: mac.clone(), ..config("10.0.0.2", 8, "") };
+        assert_eq!(Plan::parse(&with_mac).unwrap().unwrap().mac.map(Vec::from), Some(mac));
         for (bad, message) in [
             (config("10.213.0", 24, ""), "address \"10.213.0\" is no IPv4 address"),
             (config("::1", 24, ""), "address \"::1\" is no IPv4 address"),
@@ -365,6 +385,10 @@ mod tests {
             (
                 NetworkConfig { mtu: u32::MAX, ..config("10.0.0.2", 8, "") },
                 "MTU 4294967295 is too large",
+            ),
+            (
+                NetworkConfig { mac: vec![2, 0, 0], ..config("10.0.0.2", 8, "") },
+                "MAC address of 3 bytes",
             ),
         ] {
             let err = Plan::parse(&bad).unwrap_err().to_string();

@@ -25,6 +25,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the agent channel to the host")]
+    Channel(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[from] std::io::Error),
     #[error("gRPC server failed")]
@@ -174,6 +176,7 @@ impl Agent for AgentService {
 
 /// Serves until the host asks for a shutdown; returns once the reply had time to leave.
 pub async fn run() -> Result<(), ServeError> {
+    vsock::open().await.map_err(ServeError::Channel)?;
     let listener = vsock::listen(ports::AGENT)
         .map_err(|source| ServeError::Listen { port: ports::AGENT, source })?;
     let echo = vsock::listen(ports::ECHO)

@@ -1,17 +1,36 @@
-//! vsock plumbing: the listener tonic serves on, and the one-shot "ready" call to the host
-//! (which sets the guest's clock).
+//! The agent's streams to the host: the listener tonic serves on, connections out for
+//! stdio and copies, and the one-shot "ready" call (which sets the guest's clock). They
+//! travel on the agent channel (see [`crate::channel`]), opened once per boot.
 
+use crate::channel::{Channel, Listener, Stream};
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
-use vessel_proto::{ports, ready, HOST_CID};
+use vessel_proto::{ports, ready};
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+/// Opens the agent channel; waits for the host's hello.
+pub async fn open() -> io::Result<()> {
+    let channel = Channel::open().await?;
+    CHANNEL.set(channel).map_err(|_| io::Error::other("the agent channel is open already"))
+}
+
+fn channel() -> io::Result<&'static Channel> {
+    CHANNEL.get().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no agent channel"))
+}
+
+/// Connects to a host port.
+pub async fn connect_host(port: u32) -> io::Result<Stream> {
+    channel()?.connect(port).await
+}
 
 /// One accepted host connection, in the shape tonic's server wants.
 #[derive(Debug)]
-pub struct HostConnection(VsockStream);
+pub struct HostConnection(Stream);
 
 impl tonic::transport::server::Connected for HostConnection {
     type ConnectInfo = ();
@@ -28,8 +47,7 @@ impl AsyncRead for HostConnection {
     }
 }
 
-/// The largest write the agent makes to a vsock stream at once. vessel-vsock takes any size
-/// (rust-vmm's vhost-device-vsock stalled on writes over ~32 KiB: docs/vsock.md); this only
+/// The largest write the agent makes to a stream at once: one packet's payload. This only
 /// bounds the relay buffers.
 pub const MAX_GUEST_WRITE: usize = 64 * 1024;
 
@@ -52,19 +70,18 @@ impl AsyncWrite for HostConnection {
     }
 }
 
-pub fn listen(port: u32) -> io::Result<VsockListener> {
-    VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))
+pub fn listen(port: u32) -> io::Result<Listener> {
+    channel()?.listen(port)
 }
 
-pub async fn accept(listener: &VsockListener) -> io::Result<HostConnection> {
-    let (stream, _peer) = listener.accept().await?;
-    Ok(HostConnection(stream))
+pub async fn accept(listener: &Listener) -> io::Result<HostConnection> {
+    Ok(HostConnection(listener.accept().await?))
 }
 
 /// Serves the echo port: every connection gets its own bytes back until it closes.
-pub async fn serve_echo(listener: VsockListener) {
+pub async fn serve_echo(listener: Listener) {
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else { continue };
+        let Ok(stream) = listener.accept().await else { return };
         tokio::spawn(async move {
             let (reader, mut writer) = tokio::io::split(HostConnection(stream));
             // The host closes the connection once it has its bytes back: an error here is
@@ -79,17 +96,17 @@ pub async fn serve_echo(listener: VsockListener) {
 
 /// Tells the host the agent serves, so the host never polls for it. The host answers on
 /// the same connection (see [`set_clock_from_host`]); `Instant` is when it was asked.
-pub async fn announce_ready() -> io::Result<(VsockStream, Instant)> {
-    let mut stream = VsockStream::connect(VsockAddr::new(HOST_CID, ports::READY)).await?;
+pub async fn announce_ready() -> io::Result<(Stream, Instant)> {
+    let mut stream = connect_host(ports::READY).await?;
     let asked = Instant::now();
     stream.write_all(ready::MESSAGE).await?;
-    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.shutdown_write();
     Ok((stream, asked))
 }
 
 /// Sets the guest's clock from the host's answer to the ready call: the RTC gave it whole
 /// seconds only, so until then it runs up to a second behind the host's.
-pub async fn set_clock_from_host(mut stream: VsockStream, asked: Instant) -> io::Result<()> {
+pub async fn set_clock_from_host(mut stream: Stream, asked: Instant) -> io::Result<()> {
     let mut reply = Vec::with_capacity(32);
     let mut limited = (&mut stream).take(64);
     tokio::time::timeout(ANSWER_TIMEOUT, limited.read_to_end(&mut reply))

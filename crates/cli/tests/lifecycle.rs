@@ -217,8 +217,10 @@ fn containers_of_one_image_share_its_snapshot() {
     let ours: Vec<_> =
         vms.iter().filter(|p| p.contains(&root.path().display().to_string())).collect();
     assert_eq!(ours.len(), 2, "{vms:#?}");
-    assert_eq!(root.ok(&["exec", first.trim(), "cat", "/mine"]), "one\n");
-    assert_eq!(root.ok(&["exec", second.trim(), "cat", "/mine"]), "two\n");
+    // `run -d` returns once the shell started; it may not have written its file yet.
+    let cat_when_written = "while [ ! -s /mine ]; do sleep 0.05; done; cat /mine";
+    assert_eq!(root.ok(&["exec", first.trim(), "sh", "-c", cat_when_written]), "one\n");
+    assert_eq!(root.ok(&["exec", second.trim(), "sh", "-c", cat_when_written]), "two\n");
     root.ok(&["rm", "-f", first.trim(), second.trim()]);
 
     root.ok(&["create", "--name", "later", IMAGE, "echo", "hi from create"]);

@@ -140,7 +140,7 @@ fn check_without_qemu_says_what_to_install() {
         .command(&["system", "check"])
         .env("PATH", "/nonexistent")
         .env_remove("VESSEL_QEMU")
-        .env_remove("VESSEL_VHOST_VSOCK")
+        .env_remove("VESSEL_VSOCK")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -7,6 +7,52 @@ pub mod agent {
     tonic::include_proto!("vessel.agent.v1");
 }
 
+pub mod vsock_packet;
+
+/// The agent channel: a virtio-serial port that carries virtio-vsock packets
+/// ([`vsock_packet`]) back to back, as a vsock device would, so the host side keeps its
+/// hybrid Unix sockets. QEMU cannot save a VM with a vhost-user vsock device; a VM with a
+/// serial port can be saved and restored (docs/warm-start.md).
+///
+/// The host opens the stream with a hello: [`serial::HELLO_MAGIC`] and fresh random bytes,
+/// which the guest mixes into its random generator before anything else runs. A VM saved
+/// while waiting for it and restored many times must not draw the same numbers twice.
+pub mod serial {
+    /// The port's name (`virtserialport,name=`), as the guest finds it in
+    /// /sys/class/virtio-ports.
+    pub const PORT_NAME: &str = "vessel.agent";
+    pub const HELLO_MAGIC: &[u8; 8] = b"vessel1\n";
+    pub const ENTROPY_LEN: usize = 32;
+    pub const HELLO_LEN: usize = HELLO_MAGIC.len() + ENTROPY_LEN;
+
+    /// The host's hello with `entropy`.
+    pub fn hello(entropy: &[u8; ENTROPY_LEN]) -> [u8; HELLO_LEN] {
+        let mut hello = [0u8; HELLO_LEN];
+        hello[..HELLO_MAGIC.len()].copy_from_slice(HELLO_MAGIC);
+        hello[HELLO_MAGIC.len()..].copy_from_slice(entropy);
+        hello
+    }
+
+    /// The entropy in a hello, if `bytes` is one.
+    pub fn parse_hello(bytes: &[u8; HELLO_LEN]) -> Option<[u8; ENTROPY_LEN]> {
+        let (magic, entropy) = bytes.split_at(HELLO_MAGIC.len());
+        (magic == HELLO_MAGIC).then(|| entropy.try_into().ok()).flatten()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_hello_round_trips_and_others_are_refused() {
+            let entropy = [7u8; super::ENTROPY_LEN];
+            let hello = super::hello(&entropy);
+            assert_eq!(super::parse_hello(&hello), Some(entropy));
+            let mut other = hello;
+            other[0] = b'V';
+            assert_eq!(super::parse_hello(&other), None);
+        }
+    }
+}
+
 /// vsock ports, in the guest's port space.
 pub mod ports {
     /// The agent's gRPC server (guest listens, host connects).
@@ -76,9 +122,6 @@ pub mod ready {
         }
     }
 }
-
-/// The vsock CID of the host, as the guest sees it.
-pub const HOST_CID: u32 = 2;
 
 /// The capabilities a container's processes keep when the request names none: docker's
 /// default set (moby's `oci/caps/defaults.go`). The host starts from it for `--cap-add`

@@ -37,7 +37,7 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
         ),
         CheckItem::new(
             "vsock device",
-            program("VESSEL_VHOST_VSOCK", vessel_vm::qemu::VSOCK_DEVICE, "scripts/build --install"),
+            program("VESSEL_VSOCK", vessel_vm::qemu::VSOCK_DEVICE, "scripts/build --install"),
         ),
         CheckItem::new(
             "guest kernel",

@@ -72,23 +72,7 @@ impl Sandbox {
                 source: std::io::ErrorKind::AlreadyExists.into(),
             });
         }
-        // Until the VM owns the directory, a failure must remove it here.
-        let dir_guard = DirGuard(Some(run_dir.clone()));
         let initramfs = cached_initramfs(host, &init)?;
-        std::fs::create_dir_all(&run_dir).map_err(|source| RuntimeError::Io {
-            action: "create",
-            path: run_dir.clone(),
-            source,
-        })?;
-        let owner = run_dir.join(OWNER_FILE);
-        std::fs::write(&owner, std::process::id().to_string())
-            .map_err(|source| RuntimeError::Io { action: "write", path: owner, source })?;
-        let vsock = vessel_vm::qemu::host_vsock(&run_dir);
-        let ready_listener = vsock.listen(ports::READY).map_err(|source| RuntimeError::Io {
-            action: "listen for the agent on",
-            path: vsock.listen_path(ports::READY),
-            source,
-        })?;
         let config = VmConfig {
             name: options.name.clone(),
             kernel,
@@ -102,18 +86,20 @@ impl Sandbox {
             run_dir,
             accel: options.accel,
             echo_console: options.echo_console,
+            templates: warm_start().then(|| host.cache.join("vm-templates")),
         };
-
         let started = Instant::now();
-        let mut vm = backend.boot(config).await?;
-        dir_guard.disarm();
-        tracing::debug!(vm = %options.name, pid = ?vm.pid(), "VM started");
-        let ready_after = match wait_ready(&mut vm, ready_listener).await {
-            Ok(()) => started.elapsed(),
-            Err(err) => {
-                let _ = vm.kill().await;
-                return Err(err);
+        let (mut vm, ready_after) = match boot_until_ready(&backend, config.clone()).await {
+            Ok(booted) => booted,
+            Err((err, Some(template))) => {
+                // A saved VM that does not come up is not used again; this VM boots.
+                tracing::warn!(error = %err, template = %template.dir.display(), "a restored VM failed; discarding its template and booting");
+                template.discard();
+                boot_until_ready(&backend, VmConfig { templates: None, ..config })
+                    .await
+                    .map_err(|(err, _)| err)?
             }
+            Err((err, None)) => return Err(err),
         };
         let agent = match AgentClient::connect(vm.vsock()).await {
             Ok(agent) => agent,
@@ -169,6 +155,46 @@ impl Sandbox {
         // Read before the VM (and its directory) is dropped.
         let console = std::fs::read_to_string(self.vm.boot_log()).unwrap_or_default();
         Ok(Stopped { exit, console })
+    }
+}
+
+/// Whether VMs restore saved ones (`VESSEL_WARM_START=0` makes every VM boot).
+fn warm_start() -> bool {
+    std::env::var_os("VESSEL_WARM_START").is_none_or(|value| value != "0")
+}
+
+/// Starts the VM of `config` and waits for its agent's ready call; returns the VM and how
+/// long that took. A failure names the saved VM it was restored from, if it was.
+async fn boot_until_ready(
+    backend: &QemuBackend,
+    config: VmConfig,
+) -> Result<(QemuVm, Duration), (RuntimeError, Option<vessel_vm::qemu::template::Template>)> {
+    let run_dir = config.run_dir.clone();
+    // Until the VM owns the directory, a failure must remove it here.
+    let dir_guard = DirGuard(Some(run_dir.clone()));
+    let io =
+        |action, path: PathBuf| move |source| (RuntimeError::Io { action, path, source }, None);
+    std::fs::create_dir_all(&run_dir).map_err(io("create", run_dir.clone()))?;
+    let owner = run_dir.join(OWNER_FILE);
+    std::fs::write(&owner, std::process::id().to_string()).map_err(io("write", owner))?;
+    let vsock = vessel_vm::qemu::host_vsock(&run_dir);
+    let ready_listener = vsock
+        .listen(ports::READY)
+        .map_err(io("listen for the agent on", vsock.listen_path(ports::READY)))?;
+    let name = config.name.clone();
+    let started = Instant::now();
+    let mut vm = backend.boot(config).await.map_err(|err| (err.into(), None))?;
+    dir_guard.disarm();
+    tracing::debug!(vm = %name, pid = ?vm.pid(), restored = vm.restored_from().is_some(), "VM started");
+    match wait_ready(&mut vm, ready_listener).await {
+        Ok(()) => Ok((vm, started.elapsed())),
+        Err(err) => {
+            let template = vm.restored_from().cloned();
+            let _ = vm.kill().await;
+            // The directory goes with the VM, so a second attempt starts clean.
+            drop(vm);
+            Err((err, template))
+        }
     }
 }
 

@@ -52,6 +52,7 @@ async fn guest_on_a_tap() {
         hosts: hosts.clone().into_bytes(),
         resolv_conf: resolv.clone().into_bytes(),
         hostname_file: b"webhost\n".to_vec(),
+        mac: MAC.to_vec(),
     });
     sandbox.agent().create_container(request).await.unwrap();
     let serve = "mkdir -p /tmp/www && echo hello-from-the-guest > /tmp/www/index.html \

@@ -57,6 +57,8 @@ pub enum VmError {
     TooManyDevices { devices: String, needed: usize, available: usize, spare: usize },
     #[error("cannot share {path} as {tag:?}: {reason}")]
     InvalidShare { tag: String, path: PathBuf, reason: String },
+    #[error("cannot make a saved VM to start from: {0}")]
+    Template(String),
     #[error("virtiofsd not found at {cached} or in PATH ({hint})", hint = virtiofs::VIRTIOFSD_HINT)]
     VirtiofsdNotFound { cached: PathBuf },
 }
@@ -139,6 +141,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Copy the guest console to our stderr as well as to the boot log.
     pub echo_console: bool,
+    /// Where saved VMs are kept, one per shape, made on first use: a VM restores one instead
+    /// of booting (a warm start). None, or a VM with shares: a boot.
+    pub templates: Option<PathBuf>,
 }
 
 /// How a VM ended.

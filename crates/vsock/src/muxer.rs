@@ -94,16 +94,6 @@ impl Muxer {
         !self.resets.is_empty() || !self.work.is_empty()
     }
 
-    /// Drops every connection (device reset): host streams see EOF.
-    pub fn reset_all(&mut self) {
-        let tokens: Vec<u64> = self.conns.keys().copied().collect();
-        for token in tokens {
-            self.remove(token);
-        }
-        self.work.clear();
-        self.resets.clear();
-    }
-
     // ---- host side ----
 
     /// Handles every ready host stream and the listener, without blocking.

@@ -31,7 +31,7 @@ fn selftest(root: &std::path::Path, transfer_mib: u32) -> Result<serde_json::Val
         .arg(root)
         .args(["system", "selftest", "--format", "json", "--transfer-mib"])
         .arg(transfer_mib.to_string())
-        .env("VESSEL_VHOST_VSOCK", BACKEND)
+        .env("VESSEL_VSOCK", BACKEND)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

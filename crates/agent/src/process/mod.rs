@@ -225,8 +225,8 @@ pub fn wait_response(exit: Exit) -> WaitProcessResponse {
 
 /// The relays between the process's stdio and the host's vsock streams.
 struct Relays {
-    input: Option<(tokio_vsock::VsockStream, FdStream)>,
-    output: Vec<(FdStream, Option<tokio_vsock::VsockStream>)>,
+    input: Option<(crate::channel::Stream, FdStream)>,
+    output: Vec<(FdStream, Option<crate::channel::Stream>)>,
 }
 
 impl Relays {

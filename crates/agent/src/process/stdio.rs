@@ -2,6 +2,7 @@
 //! on the other, and the agent relaying between them. The relay is what keeps every guest
 //! vsock write under `MAX_GUEST_WRITE`; a process writing to vsock itself could stall it.
 
+use crate::channel::Stream;
 use crate::vsock::MAX_GUEST_WRITE;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use std::io;
@@ -10,8 +11,6 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_vsock::{VsockAddr, VsockStream};
-use vessel_proto::HOST_CID;
 
 /// A non-blocking pipe end or terminal master, driven by tokio.
 #[derive(Debug)]
@@ -80,13 +79,13 @@ impl AsyncWrite for FdStream {
 }
 
 /// Connects to a host port for one stdio stream.
-pub async fn connect_host(port: u32) -> io::Result<VsockStream> {
-    VsockStream::connect(VsockAddr::new(HOST_CID, port)).await
+pub async fn connect_host(port: u32) -> io::Result<Stream> {
+    crate::vsock::connect_host(port).await
 }
 
-/// Copies process output to the host, in writes vhost-user vsock can carry, then closes the
+/// Copies process output to the host, a packet's payload at most at a time, then closes the
 /// host's stream so it sees the end.
-pub async fn relay_output(mut from: FdStream, mut to: VsockStream) {
+pub async fn relay_output(mut from: FdStream, mut to: Stream) {
     let mut buffer = vec![0u8; MAX_GUEST_WRITE];
     loop {
         let n = match tokio::io::AsyncReadExt::read(&mut from, &mut buffer).await {
@@ -97,12 +96,12 @@ pub async fn relay_output(mut from: FdStream, mut to: VsockStream) {
             break;
         }
     }
-    let _ = to.shutdown(std::net::Shutdown::Write);
+    to.shutdown_write();
 }
 
 /// Copies the host's input to the process; the process sees end of file when the host
 /// closes its stream.
-pub async fn relay_input(mut from: VsockStream, mut to: FdStream) {
+pub async fn relay_input(mut from: Stream, mut to: FdStream) {
     let _ = tokio::io::copy(&mut from, &mut to).await;
     drop(to);
 }

@@ -142,6 +142,7 @@ impl ContainerNetwork {
             prefix_len: u32::from(network.subnet.prefix_len()),
             gateway: if network.internal { String::new() } else { network.gateway.to_string() },
             mtu: 0,
+            mac: attachment.mac.to_vec(),
             hosts: hosts.into_bytes(),
             resolv_conf: resolv.into_bytes(),
             hostname_file: hostname.into_bytes(),

@@ -21,12 +21,29 @@ const MMIO_SIZE: u64 = 0x200;
 /// Without ACPI the guest sees only the first IOAPIC, so microvm offers 8 transports on
 /// GSIs 5..13: at most 8 virtio devices per VM.
 pub const MMIO_TRANSPORTS: u64 = 8;
-/// Devices every VM has (vsock and rng); the other transports are for a NIC, disks and
-/// shares.
+/// Devices every VM has (the agent's serial port and rng); the other transports are for a
+/// NIC, disks and shares.
 const FIXED_DEVICES: usize = 2;
 const MMIO_IRQ_BASE: u64 = 5;
 /// The fd number QEMU finds the NIC's TAP at (`-netdev tap,fd=3`); see `process.rs`.
 pub const NIC_FD: i32 = 3;
+/// The fd of a restored VM's saved state (`migrate-incoming fd:4`).
+pub const STATE_FD: i32 = 4;
+/// The fd of QEMU's end of its monitor (QMP) socket pair, for saves and restores.
+pub const QMP_FD: i32 = 5;
+
+/// How a VM begins (see `template.rs`).
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// A boot.
+    Cold,
+    /// A boot to be saved: guest RAM in the file `ram`, shared, so that the save leaves it
+    /// out; the NIC on no network; a monitor on [`QMP_FD`].
+    Template { ram: &'a Path },
+    /// A saved VM restored: its RAM file mapped copy-on-write, its state loaded from
+    /// [`STATE_FD`] once the monitor on [`QMP_FD`] says so.
+    Restore { ram: &'a Path },
+}
 
 /// The guest's timing hints, from the host's TSC frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,18 +61,23 @@ impl TimingHints {
 /// Virtio devices in the order they are put on the QEMU command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Device {
-    Vsock,
+    /// A virtio-serial device with one port: the agent channel (vessel_proto::serial).
+    AgentPort,
     Rng,
     Nic,
-    Disk { index: usize },
-    Share { index: usize },
+    Disk {
+        index: usize,
+    },
+    Share {
+        index: usize,
+    },
 }
 
 /// Disks come before shares, so disks keep their names (`vda`, `vdb`, …) whatever is shared.
 /// The NIC comes right after rng: it always sits in the same transport, and adding it
 /// leaves the disks' order alone.
 fn devices(config: &VmConfig) -> Vec<Device> {
-    let mut devices = vec![Device::Vsock, Device::Rng];
+    let mut devices = vec![Device::AgentPort, Device::Rng];
     devices.extend(config.nic.as_ref().map(|_| Device::Nic));
     devices.extend((0..config.disks.len()).map(|index| Device::Disk { index }));
     devices.extend((0..config.shares.len()).map(|index| Device::Share { index }));
@@ -81,7 +103,7 @@ pub fn check_transports(config: &VmConfig) -> Result<(), VmError> {
     let nic = if config.nic.is_some() { "a NIC, " } else { "" };
     Err(VmError::TooManyDevices {
         devices: format!(
-            "vsock, rng, {nic}{} and {}",
+            "the agent port, rng, {nic}{} and {}",
             plural(config.disks.len(), "disk"),
             plural(config.shares.len(), "share")
         ),
@@ -126,12 +148,13 @@ pub fn guest_cmdline(config: &VmConfig, hints: TimingHints) -> String {
     args.join(" ")
 }
 
-/// QEMU's arguments for `config`; `share_sockets` are the virtiofsd sockets of
-/// `config.shares`, in order.
+/// QEMU's arguments for `config`; `agent_socket` is where vessel-vsock serves the agent
+/// port, `share_sockets` are the virtiofsd sockets of `config.shares`, in order.
 pub fn qemu_args(
     config: &VmConfig,
     accel: Accel,
-    vhost_socket: &Path,
+    start: Start<'_>,
+    agent_socket: &Path,
     share_sockets: &[PathBuf],
     console: &Path,
     tsc_khz: u64,
@@ -151,8 +174,31 @@ pub fn qemu_args(
         _ => push(&["-accel", "tcg,tb-size=64", "-cpu", "max,-erms"]),
     }
     push(&["-smp", &config.cpus.to_string(), "-m", &memory]);
-    // Shared memfd memory: vhost-user backends map guest memory from it.
-    push(&["-object", &format!("memory-backend-memfd,id=mem,size={memory},share=on")]);
+    let backend = match start {
+        // Shared memfd memory: vhost-user backends (virtiofsd) map guest memory from it.
+        Start::Cold => format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+        Start::Template { ram } => format!(
+            "memory-backend-file,id=mem,size={memory},mem-path={},share=on",
+            escape_option(&ram.display().to_string())
+        ),
+        // share=off: the guest's writes stay in this VM, the file never changes.
+        Start::Restore { ram } => format!(
+            "memory-backend-file,id=mem,size={memory},mem-path={},share=off",
+            escape_option(&ram.display().to_string())
+        ),
+    };
+    push(&["-object", &backend]);
+    if !matches!(start, Start::Cold) {
+        push(&[
+            "-chardev",
+            &format!("socket,id=qmp,fd={QMP_FD}"),
+            "-mon",
+            "chardev=qmp,mode=control",
+        ]);
+    }
+    if matches!(start, Start::Restore { .. }) {
+        push(&["-incoming", "defer"]);
+    }
     push(&["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]);
     push(&["-serial", &format!("file:{}", console.display())]);
     push(&["-kernel", &config.kernel.display().to_string()]);
@@ -160,19 +206,33 @@ pub fn qemu_args(
     push(&["-append", &guest_cmdline(config, TimingHints { tsc_khz })]);
     for device in devices(config) {
         match device {
-            Device::Vsock => push(&[
+            Device::AgentPort => push(&[
                 "-chardev",
-                &format!("socket,id=vsock,path={}", vhost_socket.display()),
+                &format!(
+                    "socket,id=agent,path={}",
+                    escape_option(&agent_socket.display().to_string())
+                ),
                 "-device",
-                "vhost-user-vsock-device,chardev=vsock",
+                // Port 0 is kept for a console, so the agent port is port 1.
+                "virtio-serial-device,max_ports=2",
+                "-device",
+                &format!(
+                    "virtserialport,id=agent-port,chardev=agent,name={}",
+                    vessel_proto::serial::PORT_NAME
+                ),
             ]),
             Device::Rng => push(&["-device", "virtio-rng-device"]),
             Device::Nic => {
                 let mac = config.nic.as_ref().map(|nic| nic.mac_string()).unwrap_or_default();
-                push(&[
+                let netdev = match start {
+                    // A hub with nothing else on it: the template's NIC reaches nothing.
+                    Start::Template { .. } => "hubport,id=net0,hubid=0".to_string(),
                     // vhost=off: hosts often lack /dev/vhost-net; QEMU moves the packets.
+                    _ => format!("tap,id=net0,fd={NIC_FD},vhost=off"),
+                };
+                push(&[
                     "-netdev",
-                    &format!("tap,id=net0,fd={NIC_FD},vhost=off"),
+                    &netdev,
                     "-device",
                     &format!("virtio-net-device,netdev=net0,mac={mac}"),
                 ])
@@ -248,6 +308,7 @@ mod tests {
             run_dir: "/run/x".into(),
             accel: Accel::Tcg,
             echo_console: false,
+            templates: None,
         }
     }
 
@@ -279,7 +340,15 @@ mod tests {
 
     #[test]
     fn disks_keep_their_order_and_mode() {
-        let args = qemu_args(&config(2), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
+        let args = qemu_args(
+            &config(2),
+            Accel::Tcg,
+            Start::Cold,
+            Path::new("/v"),
+            &[],
+            Path::new("/c"),
+            1,
+        );
         let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("id=disk")).collect();
         assert!(
             drives[0].starts_with("id=disk0,file=/d0,,x,") && drives[0].contains("readonly=on")
@@ -289,9 +358,25 @@ mod tests {
 
     #[test]
     fn tcg_hides_erms_and_kvm_uses_the_host_cpu() {
-        let tcg = qemu_args(&config(0), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
+        let tcg = qemu_args(
+            &config(0),
+            Accel::Tcg,
+            Start::Cold,
+            Path::new("/v"),
+            &[],
+            Path::new("/c"),
+            1,
+        );
         assert!(tcg.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max,-erms"));
-        let kvm = qemu_args(&config(0), Accel::Kvm, Path::new("/v"), &[], Path::new("/c"), 1);
+        let kvm = qemu_args(
+            &config(0),
+            Accel::Kvm,
+            Start::Cold,
+            Path::new("/v"),
+            &[],
+            Path::new("/c"),
+            1,
+        );
         assert!(kvm.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"));
     }
 
@@ -299,13 +384,22 @@ mod tests {
     fn shares_follow_disks_each_with_a_vhost_user_fs_device() {
         let config = config_with(2, 2);
         let sockets = [PathBuf::from("/run/x/virtiofs-0.sock"), PathBuf::from("/r,un/fs1.sock")];
-        let args = qemu_args(&config, Accel::Tcg, Path::new("/v"), &sockets, Path::new("/c"), 1);
+        let args = qemu_args(
+            &config,
+            Accel::Tcg,
+            Start::Cold,
+            Path::new("/v"),
+            &sockets,
+            Path::new("/c"),
+            1,
+        );
         let devices: Vec<&String> =
             args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
         assert_eq!(
             devices,
             [
-                "vhost-user-vsock-device,chardev=vsock",
+                "virtio-serial-device,max_ports=2",
+                "virtserialport,id=agent-port,chardev=agent,name=vessel.agent",
                 "virtio-rng-device",
                 "virtio-blk-device,drive=disk0",
                 "virtio-blk-device,drive=disk1",
@@ -332,11 +426,11 @@ mod tests {
         let err = check_transports(&config_with(4, 3)).unwrap_err().to_string();
         assert_eq!(
             err,
-            "vsock, rng, 4 disks and 3 shares need 9 virtio-mmio transports, a microvm has 8 \
+            "the agent port, rng, 4 disks and 3 shares need 9 virtio-mmio transports, a microvm has 8 \
              (at most 6 disks and shares together)"
         );
         let err = check_transports(&config_with(0, 7)).unwrap_err().to_string();
-        assert!(err.starts_with("vsock, rng, 0 disks and 7 shares need 9"), "{err}");
+        assert!(err.starts_with("the agent port, rng, 0 disks and 7 shares need 9"), "{err}");
     }
 
     fn with_nic(mut config: VmConfig) -> VmConfig {
@@ -349,13 +443,22 @@ mod tests {
     fn the_nic_follows_rng_and_disks_keep_their_order() {
         let config = with_nic(config_with(2, 1));
         let sockets = [PathBuf::from("/run/x/virtiofs-0.sock")];
-        let args = qemu_args(&config, Accel::Tcg, Path::new("/v"), &sockets, Path::new("/c"), 1);
+        let args = qemu_args(
+            &config,
+            Accel::Tcg,
+            Start::Cold,
+            Path::new("/v"),
+            &sockets,
+            Path::new("/c"),
+            1,
+        );
         let devices: Vec<&String> =
             args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
         assert_eq!(
             devices,
             [
-                "vhost-user-vsock-device,chardev=vsock",
+                "virtio-serial-device,max_ports=2",
+                "virtserialport,id=agent-port,chardev=agent,name=vessel.agent",
                 "virtio-rng-device",
                 "virtio-net-device,netdev=net0,mac=02:76:0a:d5:fa:02",
                 "virtio-blk-device,drive=disk0",
@@ -374,7 +477,15 @@ mod tests {
 
     #[test]
     fn no_nic_no_netdev() {
-        let args = qemu_args(&config(1), Accel::Tcg, Path::new("/v"), &[], Path::new("/c"), 1);
+        let args = qemu_args(
+            &config(1),
+            Accel::Tcg,
+            Start::Cold,
+            Path::new("/v"),
+            &[],
+            Path::new("/c"),
+            1,
+        );
         assert!(!args.iter().any(|a| a == "-netdev" || a.contains("virtio-net")));
     }
 
@@ -384,8 +495,40 @@ mod tests {
         let err = check_transports(&with_nic(config_with(3, 3))).unwrap_err().to_string();
         assert_eq!(
             err,
-            "vsock, rng, a NIC, 3 disks and 3 shares need 9 virtio-mmio transports, a microvm \
+            "the agent port, rng, a NIC, 3 disks and 3 shares need 9 virtio-mmio transports, a microvm \
              has 8 (at most 5 disks and shares together)"
         );
+    }
+
+    #[test]
+    fn templates_share_their_ram_and_restores_map_it_privately() {
+        let config = with_nic(config(2));
+        let ram = Path::new("/t/ram");
+        let args =
+            |start| qemu_args(&config, Accel::Tcg, start, Path::new("/v"), &[], Path::new("/c"), 1);
+        let template = args(Start::Template { ram });
+        assert!(template.contains(
+            &"memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=on".to_string()
+        ));
+        assert!(template
+            .windows(2)
+            .any(|w| w[0] == "-netdev" && w[1] == "hubport,id=net0,hubid=0"));
+        assert!(template.contains(&"socket,id=qmp,fd=5".to_string()));
+        assert!(!template.contains(&"-incoming".to_string()));
+        let restore = args(Start::Restore { ram });
+        assert!(restore.contains(
+            &"memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=off".to_string()
+        ));
+        assert!(restore.windows(2).any(|w| w[0] == "-incoming" && w[1] == "defer"));
+        assert!(restore
+            .windows(2)
+            .any(|w| w[0] == "-netdev" && w[1] == "tap,id=net0,fd=3,vhost=off"));
+        // Apart from memory, network backend and monitor, a restore is its template.
+        let devices = |args: &[String]| -> Vec<String> {
+            args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].clone()).collect()
+        };
+        assert_eq!(devices(&template), devices(&restore));
+        let cold = args(Start::Cold);
+        assert!(!cold.iter().any(|a| a.contains("qmp") || a == "-incoming"));
     }
 }

@@ -1,36 +1,36 @@
 //! The QEMU `microvm` backend: a real, maintained VMM from the distribution that runs on
 //! every host we have, with KVM where the host allows and TCG elsewhere.
 //!
-//! Each VM is a few host processes: `vessel-vsock` (our vsock device, served to QEMU over
-//! vhost-user because hosts often lack the vhost-vsock module; see docs/vsock.md), one
-//! `virtiofsd` per shared directory (see [`crate::virtiofs`]) and QEMU itself. All die with
+//! Each VM is a few host processes: `vessel-vsock` (the host end of the agent channel, vsock
+//! packets over a virtio-serial port; see docs/vsock.md), one `virtiofsd` per shared
+//! directory (see [`crate::virtiofs`]) and QEMU itself. All die with
 //! the process that started them, and the VM's runtime directory goes with the VM.
 
 mod cmdline;
 mod process;
+mod qmp;
+pub mod template;
 
-pub use cmdline::{guest_cmdline, qemu_args, TimingHints};
+pub use cmdline::{guest_cmdline, qemu_args, Start, TimingHints};
 
 use crate::virtiofs;
 use crate::vsock::HostVsock;
 use crate::{Backend, Vm, VmConfig, VmError, VmExit};
 use process::Child;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a device process (vsock, virtiofsd) may take to create its socket.
 const DEVICE_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long device processes may take to end by themselves once QEMU is gone (they exit
-/// when their vhost-user connection closes) before they are killed.
+/// when their connection to it closes) before they are killed.
 const DEVICE_EXIT_GRACE: Duration = Duration::from_secs(1);
-
-/// Guest CID of every VM: each VM has its own vsock device, so they never clash.
-const GUEST_CID: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     pub qemu: PathBuf,
-    pub vhost_vsock: PathBuf,
+    pub vsock_device: PathBuf,
     /// Serves shared directories; only VMs with shares need it.
     pub virtiofsd: Option<PathBuf>,
     /// Where [`virtiofs::find_virtiofsd`] looked, for the error when a VM needs it.
@@ -40,7 +40,7 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// Finds the programs: `VESSEL_QEMU` / `VESSEL_VHOST_VSOCK` when set, else beside the
+    /// Finds the programs: `VESSEL_QEMU` / `VESSEL_VSOCK` when set, else beside the
     /// running binary (vessel-vsock is built and installed with vessel), else in `PATH`;
     /// virtiofsd as [`virtiofs::find_virtiofsd`] does in `tool_cache` (`$VESSEL_CACHE`), and
     /// a missing one fails only the VMs that share directories.
@@ -57,8 +57,8 @@ impl QemuBackend {
                 "qemu-system-x86_64",
                 "apt-get install qemu-system-x86",
             )?,
-            vhost_vsock: find_program(
-                "VESSEL_VHOST_VSOCK",
+            vsock_device: find_program(
+                "VESSEL_VSOCK",
                 VSOCK_DEVICE,
                 "build it with scripts/build (it installs beside vessel)",
             )?,
@@ -153,20 +153,25 @@ impl Backend for QemuBackend {
                 return Err(err);
             }
         };
-        let args =
-            qemu_args(&config, accel, &paths.vhost_socket, &paths.shares, &paths.console, khz);
-        tracing::debug!(vm = %config.name, ?args, "starting qemu");
-        // The TAP goes to QEMU alone; the device processes above never saw it.
-        let spawned = match &config.nic {
-            Some(nic) => Child::spawn_with_fd(
-                &self.qemu,
-                &args,
-                &paths.log("qemu"),
-                nic.fd(),
-                cmdline::NIC_FD,
-            ),
-            None => Child::spawn(&self.qemu, &args, &paths.log("qemu")),
+        let mut template = if template::applies(&config) {
+            match template::for_config(&self.qemu, &config, accel, khz).await {
+                Ok(template) => Some(template),
+                Err(err) => {
+                    tracing::warn!(error = %err, "booting instead of restoring a saved VM");
+                    None
+                }
+            }
+        } else {
+            None
         };
+        let mut spawned = self.spawn_qemu(&config, &paths, accel, khz, template.as_ref()).await;
+        if let (Err(err), Some(failed)) = (&spawned, &template) {
+            // A saved VM that cannot be loaded is not tried again; this VM boots.
+            tracing::warn!(error = %err, "discarding a saved VM and booting");
+            failed.discard();
+            template = None;
+            spawned = self.spawn_qemu(&config, &paths, accel, khz, None).await;
+        }
         let qemu = match spawned {
             Ok(qemu) => qemu,
             Err(err) => {
@@ -187,11 +192,65 @@ impl Backend for QemuBackend {
             run_dir: config.run_dir,
             echo,
             exited: None,
+            template,
         })
     }
 }
 
 impl QemuBackend {
+    /// Starts QEMU, handing it the TAP; a restore also gets the saved state and is told to
+    /// load it.
+    async fn spawn_qemu(
+        &self,
+        config: &VmConfig,
+        paths: &RunPaths,
+        accel: crate::Accel,
+        tsc_khz: u64,
+        template: Option<&template::Template>,
+    ) -> Result<Child, VmError> {
+        let ram = template.map(|template| template.ram());
+        let start = match &ram {
+            Some(ram) => Start::Restore { ram },
+            None => Start::Cold,
+        };
+        let args = qemu_args(
+            config,
+            accel,
+            start,
+            &paths.agent_socket,
+            &paths.shares,
+            &paths.console,
+            tsc_khz,
+        );
+        tracing::debug!(vm = %config.name, ?args, "starting qemu");
+        let args = args.as_slice();
+        let log = paths.log("qemu");
+        let mut fds = Vec::new();
+        if let Some(nic) = &config.nic {
+            fds.push((nic.fd(), cmdline::NIC_FD));
+        }
+        let Some(template) = template else {
+            return Child::spawn_with_fds(&self.qemu, args, &log, &fds);
+        };
+        let io = |path: PathBuf| move |source| VmError::RunDir { path, source };
+        let state = std::fs::File::open(template.state()).map_err(io(template.state()))?;
+        let (qmp_ours, qmp_theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(io(paths.dir.clone()))?;
+        fds.push((state.as_fd(), cmdline::STATE_FD));
+        fds.push((qmp_theirs.as_fd(), cmdline::QMP_FD));
+        let mut qemu = Child::spawn_with_fds(&self.qemu, args, &log, &fds)?;
+        drop(qmp_theirs);
+        if let Err(err) = template::load(qmp_ours).await {
+            qemu.kill().await;
+            return Err(VmError::Template(format!(
+                "restoring {}: {err}; QEMU said: {}",
+                template.dir.display(),
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            )));
+        }
+        Ok(qemu)
+    }
+
     /// Starts the vsock device and a virtiofsd per share, all at once, and waits until each
     /// serves its socket; on failure none is left running.
     async fn start_devices(
@@ -201,16 +260,14 @@ impl QemuBackend {
         virtiofsd: Option<&Path>,
     ) -> Result<DeviceProcesses, VmError> {
         let vsock_args = [
-            "--guest-cid".to_string(),
-            GUEST_CID.to_string(),
-            "--socket".to_string(),
-            paths.vhost_socket.display().to_string(),
+            "--serial".to_string(),
+            paths.agent_socket.display().to_string(),
             "--uds-path".to_string(),
             paths.vsock.display().to_string(),
         ];
         let vsock_log = paths.log(VSOCK_DEVICE);
         let mut devices = DeviceProcesses {
-            vhost: Child::spawn(&self.vhost_vsock, &vsock_args, &vsock_log)?,
+            channel: Child::spawn(&self.vsock_device, &vsock_args, &vsock_log)?,
             virtiofsd: Vec::new(),
             logs: vec![vsock_log.clone()],
         };
@@ -233,8 +290,8 @@ impl QemuBackend {
         }
         // They all started above and come up side by side; wait for each in turn.
         let mut ready = devices
-            .vhost
-            .wait_for_socket(&paths.vhost_socket, DEVICE_SOCKET_TIMEOUT, &vsock_log)
+            .channel
+            .wait_for_socket(&paths.agent_socket, DEVICE_SOCKET_TIMEOUT, &vsock_log)
             .await;
         for (index, child) in devices.virtiofsd.iter_mut().enumerate() {
             if ready.is_err() {
@@ -254,14 +311,14 @@ impl QemuBackend {
 /// The device processes of one VM, beside QEMU.
 #[derive(Debug)]
 struct DeviceProcesses {
-    vhost: Child,
+    channel: Child,
     virtiofsd: Vec<Child>,
     logs: Vec<PathBuf>,
 }
 
 impl DeviceProcesses {
     async fn kill_all(&mut self) {
-        self.vhost.kill().await;
+        self.channel.kill().await;
         for child in &mut self.virtiofsd {
             child.kill().await;
         }
@@ -270,7 +327,7 @@ impl DeviceProcesses {
     /// Once QEMU is gone: virtiofsd ends by itself when its connection closes (its sandbox
     /// child first), so give it a moment before killing what is left.
     async fn release(&mut self) {
-        self.vhost.kill().await;
+        self.channel.kill().await;
         let deadline = tokio::time::Instant::now() + DEVICE_EXIT_GRACE;
         for child in &mut self.virtiofsd {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -290,7 +347,8 @@ pub fn host_vsock(run_dir: &Path) -> HostVsock {
 
 struct RunPaths {
     dir: PathBuf,
-    vhost_socket: PathBuf,
+    /// Where vessel-vsock takes QEMU's connection for the agent port.
+    agent_socket: PathBuf,
     /// The virtiofsd socket of each share.
     shares: Vec<PathBuf>,
     vsock: PathBuf,
@@ -301,7 +359,7 @@ impl RunPaths {
     fn new(dir: &Path, shares: usize) -> Self {
         RunPaths {
             dir: dir.to_path_buf(),
-            vhost_socket: dir.join("vhost-vsock.sock"),
+            agent_socket: dir.join("agent-port.sock"),
             shares: (0..shares).map(|index| virtiofs::socket_path(dir, index)).collect(),
             vsock: host_vsock(dir).socket().to_path_buf(),
             console: dir.join("console.log"),
@@ -327,12 +385,19 @@ pub struct QemuVm {
     run_dir: PathBuf,
     echo: Option<tokio::task::JoinHandle<()>>,
     exited: Option<VmExit>,
+    /// The saved VM this one was restored from.
+    template: Option<template::Template>,
 }
 
 impl QemuVm {
     /// The directory holding this VM's sockets and logs.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// The saved VM this one was restored from; none for a boot.
+    pub fn restored_from(&self) -> Option<&template::Template> {
+        self.template.as_ref()
     }
 
     async fn release(&mut self) {

@@ -7,6 +7,11 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// At most this many fds go to one child.
+const MAX_PASSED_FDS: usize = 4;
+/// Passed fds are moved at or above this number before they take their places.
+const HIGH_FD: libc::c_int = 1000;
+
 #[derive(Debug)]
 pub struct Child {
     program: String,
@@ -20,25 +25,24 @@ impl Child {
     /// Starts `program` with stdout and stderr appended to `log`. The child gets SIGKILL when
     /// the thread that started it exits, so a crashed or killed caller leaves nothing behind.
     pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
-        Self::start(program, args, log, false, None)
+        Self::start(program, args, log, false, &[])
     }
 
-    /// As [`Child::spawn`], with `fd` open in the child as `target` (and in no other child:
-    /// `fd` itself should be close-on-exec).
-    pub fn spawn_with_fd(
+    /// As [`Child::spawn`], with each `(fd, target)` of `fds` open in the child as `target`
+    /// (and in no other child: the fds themselves should be close-on-exec).
+    pub fn spawn_with_fds(
         program: &Path,
         args: &[String],
         log: &Path,
-        fd: BorrowedFd<'_>,
-        target: RawFd,
+        fds: &[(BorrowedFd<'_>, RawFd)],
     ) -> Result<Child, VmError> {
-        Self::start(program, args, log, false, Some((fd, target)))
+        Self::start(program, args, log, false, fds)
     }
 
     /// As [`Child::spawn`], in a new process group that [`Child::kill`] kills whole: for
     /// programs that fork helpers of their own (virtiofsd's sandbox).
     pub fn spawn_group(program: &Path, args: &[String], log: &Path) -> Result<Child, VmError> {
-        Self::start(program, args, log, true, None)
+        Self::start(program, args, log, true, &[])
     }
 
     fn start(
@@ -46,8 +50,14 @@ impl Child {
         args: &[String],
         log: &Path,
         group: bool,
-        pass_fd: Option<(BorrowedFd<'_>, RawFd)>,
+        pass_fds: &[(BorrowedFd<'_>, RawFd)],
     ) -> Result<Child, VmError> {
+        if pass_fds.len() > MAX_PASSED_FDS {
+            return Err(VmError::Config(format!(
+                "{} fds to pass, at most {MAX_PASSED_FDS}",
+                pass_fds.len()
+            )));
+        }
         let name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
         let program_name = name.into_owned();
         let open_log = || {
@@ -67,25 +77,32 @@ impl Child {
         if group {
             command.process_group(0);
         }
-        // Only the number goes into the closure; `pass_fd` borrows the fd open until spawn
-        // returns, by which time the child has exec'd.
-        let pass_fd = pass_fd.map(|(fd, target)| (fd.as_raw_fd(), target));
+        // Only the numbers go into the closure, in a fixed array (no allocation after fork);
+        // the fds stay open until spawn returns, by which time the child has exec'd.
+        let mut passed = [(-1, -1); MAX_PASSED_FDS];
+        for (slot, (fd, target)) in passed.iter_mut().zip(pass_fds) {
+            *slot = (fd.as_raw_fd(), *target);
+        }
+        let count = pass_fds.len();
         // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-        // dup2 and fcntl, which are async-signal-safe; the fds it names are open in the
+        // fcntl and dup2, which are async-signal-safe; the fds it names are open in the
         // child, which inherited them.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some((fd, target)) = pass_fd {
-                    if fd == target {
-                        // dup2 onto itself keeps close-on-exec: clear it instead.
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(fd, target) != target {
-                        // The copy dup2 makes is not close-on-exec, so it survives exec.
+                // First out of the way of every target (a source may sit on another's
+                // target number), then onto the targets; dup2's copies survive exec.
+                let mut high = [-1; MAX_PASSED_FDS];
+                for i in 0..count {
+                    high[i] = libc::fcntl(passed[i].0, libc::F_DUPFD_CLOEXEC, HIGH_FD);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for i in 0..count {
+                    if libc::dup2(high[i], passed[i].1) != passed[i].1 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -209,7 +226,7 @@ mod tests {
         let script = ["-c".to_string(), "readlink /proc/self/fd/3 || echo none".to_string()];
         let (with, without) = (dir.path().join("with.log"), dir.path().join("without.log"));
         let sh = Path::new("/bin/sh");
-        let mut child = Child::spawn_with_fd(sh, &script, &with, file.as_fd(), 3).unwrap();
+        let mut child = Child::spawn_with_fds(sh, &script, &with, &[(file.as_fd(), 3)]).unwrap();
         let mut other = Child::spawn(sh, &script, &without).unwrap();
         for child in [&mut child, &mut other] {
             let status = child.wait_timeout(Duration::from_secs(10)).await.unwrap();

@@ -1,0 +1,271 @@
+//! The agent channel's host end: QEMU connects a virtio-serial port's chardev to our
+//! socket, and the port's byte stream carries vsock packets back to back, each a header
+//! that gives its payload's length, then the payload. The guest's vessel-init speaks the
+//! other end (crates/agent/src/channel.rs). We open the stream with a hello carrying fresh
+//! random bytes, which the guest mixes into its random generator.
+
+use crate::muxer::{Fill, Muxer};
+use crate::packet::{Header, HEADER_LEN, MAX_PAYLOAD};
+use anyhow::{bail, Context};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use vessel_proto::serial;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+const PORT_TOKEN: u64 = 1;
+const MUXER_TOKEN: u64 = 2;
+/// Packets for the guest are made while fewer bytes than this wait for QEMU to take them;
+/// beyond, host streams wait (their data stays in their sockets).
+const OUT_HIGH_WATER: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Listens on `socket`, takes QEMU's connection, and moves packets until QEMU hangs up.
+pub fn serve(socket: &Path, mut muxer: Muxer) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    let (port, _) = listener.accept().context("accepting QEMU's connection")?;
+    drop(listener);
+    let _ = std::fs::remove_file(socket);
+    Channel::new(port)?.run(&mut muxer)
+}
+
+struct Channel {
+    port: UnixStream,
+    epoll: Epoll,
+    /// Bytes from the guest not yet a whole packet.
+    input: Vec<u8>,
+    /// Bytes for the guest QEMU has not taken yet.
+    output: Vec<u8>,
+    /// Whether the port is watched for room to write.
+    watching_out: bool,
+}
+
+impl Channel {
+    fn new(port: UnixStream) -> anyhow::Result<Channel> {
+        let mut entropy = [0u8; serial::ENTROPY_LEN];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut urandom| urandom.read_exact(&mut entropy))
+            .context("reading /dev/urandom for the guest's hello")?;
+        let output = serial::hello(&entropy).to_vec();
+        port.set_nonblocking(true)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            port.as_raw_fd(),
+            EpollEvent::new(EventSet::IN | EventSet::OUT, PORT_TOKEN),
+        )?;
+        Ok(Channel { port, epoll, input: Vec::new(), output, watching_out: true })
+    }
+
+    fn run(&mut self, muxer: &mut Muxer) -> anyhow::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            muxer.epoll_fd(),
+            EpollEvent::new(EventSet::IN, MUXER_TOKEN),
+        )?;
+        let mut events = [EpollEvent::default(); 4];
+        loop {
+            while self.output.len() < OUT_HIGH_WATER && muxer.has_work() {
+                if muxer.fill_rx(&mut self.output, HEADER_LEN + MAX_PAYLOAD as usize)
+                    != Fill::Nothing
+                {
+                    continue;
+                }
+                break;
+            }
+            if !self.flush()? {
+                return Ok(());
+            }
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("epoll_wait"),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    PORT_TOKEN
+                        if event.event_set().intersects(EventSet::IN | EventSet::HANG_UP)
+                            && !self.read_guest(muxer)? =>
+                    {
+                        return Ok(());
+                    }
+                    MUXER_TOKEN => muxer.process_host_events(),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Reads what the guest sent and hands whole packets to the muxer. False once QEMU
+    /// hung up.
+    fn read_guest(&mut self, muxer: &mut Muxer) -> anyhow::Result<bool> {
+        let start = self.input.len();
+        self.input.resize(start + READ_CHUNK, 0);
+        let read = self.port.read(&mut self.input[start..]);
+        let n = match read {
+            Ok(0) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(false),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
+            Err(e) => return Err(e).context("reading the agent channel"),
+        };
+        self.input.truncate(start + n);
+        let mut at = 0;
+        while self.input.len() - at >= HEADER_LEN {
+            let raw: &[u8; HEADER_LEN] =
+                self.input[at..at + HEADER_LEN].try_into().expect("HEADER_LEN bytes");
+            let header = Header::decode(raw);
+            if header.len > MAX_PAYLOAD {
+                // The guest is untrusted: past a bad length the stream cannot be followed.
+                bail!(
+                    "the guest sent a packet of {} bytes, more than {MAX_PAYLOAD}: \
+                     closing the agent channel",
+                    header.len
+                );
+            }
+            let end = at + HEADER_LEN + header.len as usize;
+            if self.input.len() < end {
+                break;
+            }
+            muxer.guest_packet(&header, &self.input[at + HEADER_LEN..end]);
+            at = end;
+        }
+        self.input.drain(..at);
+        Ok(true)
+    }
+
+    /// Writes what QEMU takes now; watches for room while anything is left. False once
+    /// QEMU hung up.
+    fn flush(&mut self) -> anyhow::Result<bool> {
+        while !self.output.is_empty() {
+            match self.port.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e).context("writing the agent channel"),
+            }
+        }
+        let want_out = !self.output.is_empty();
+        if want_out != self.watching_out {
+            let events = if want_out { EventSet::IN | EventSet::OUT } else { EventSet::IN };
+            self.epoll.ctl(
+                ControlOperation::Modify,
+                self.port.as_raw_fd(),
+                EpollEvent::new(events, PORT_TOKEN),
+            )?;
+            self.watching_out = want_out;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{GUEST_CID, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
+    use std::io::BufRead;
+
+    fn read_packet(stream: &mut UnixStream) -> (Header, Vec<u8>) {
+        let mut raw = [0u8; HEADER_LEN];
+        stream.read_exact(&mut raw).unwrap();
+        let header = Header::decode(&raw);
+        let mut payload = vec![0u8; header.len as usize];
+        stream.read_exact(&mut payload).unwrap();
+        (header, payload)
+    }
+
+    fn guest_packet(op: u16, src_port: u32, dst_port: u32, payload: &[u8]) -> Vec<u8> {
+        let header = Header {
+            src_cid: GUEST_CID,
+            dst_cid: crate::packet::HOST_CID,
+            src_port,
+            dst_port,
+            len: payload.len() as u32,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: 256 * 1024,
+            ..Header::default()
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// The guest's side played by hand: the hello arrives first, a host `CONNECT` becomes
+    /// a REQUEST, and data flows both ways, split over writes anywhere.
+    #[test]
+    fn packets_travel_a_byte_stream_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("serial.sock");
+        let hybrid = dir.path().join("vsock.sock");
+        let muxer = Muxer::new(GUEST_CID, &hybrid).unwrap();
+        let served = {
+            let socket = socket.clone();
+            std::thread::spawn(move || serve(&socket, muxer))
+        };
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut guest = UnixStream::connect(&socket).unwrap();
+        let mut hello = [0u8; serial::HELLO_LEN];
+        guest.read_exact(&mut hello).unwrap();
+        assert!(serial::parse_hello(&hello).is_some());
+
+        let mut host = UnixStream::connect(&hybrid).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        let (request, _) = read_packet(&mut guest);
+        assert_eq!((request.op, request.dst_port), (OP_REQUEST, 1024));
+        // The answer and the data, cut in the middle of a header.
+        let mut bytes = guest_packet(OP_RESPONSE, 1024, request.src_port, &[]);
+        bytes.extend(guest_packet(OP_RW, 1024, request.src_port, b"from the guest"));
+        let (first, second) = bytes.split_at(HEADER_LEN + 10);
+        guest.write_all(first).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        guest.write_all(second).unwrap();
+        let mut reader = std::io::BufReader::new(host.try_clone().unwrap());
+        let mut ok = String::new();
+        reader.read_line(&mut ok).unwrap();
+        assert!(ok.starts_with("OK "), "{ok}");
+        let mut got = [0u8; 14];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"from the guest");
+
+        host.write_all(b"from the host").unwrap();
+        let (data, payload) = read_packet(&mut guest);
+        assert_eq!((data.op, payload.as_slice()), (OP_RW, &b"from the host"[..]));
+
+        // QEMU hanging up ends the channel.
+        drop(guest);
+        served.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_lying_length_closes_the_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("serial.sock");
+        let muxer = Muxer::new(GUEST_CID, &dir.path().join("vsock.sock")).unwrap();
+        let served = {
+            let socket = socket.clone();
+            std::thread::spawn(move || serve(&socket, muxer))
+        };
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut guest = UnixStream::connect(&socket).unwrap();
+        let mut bad = Header { len: u32::MAX, ..Header::default() };
+        bad.src_cid = GUEST_CID;
+        guest.write_all(&bad.encode()).unwrap();
+        let err = served.join().unwrap().unwrap_err();
+        assert!(err.to_string().contains("closing the agent channel"), "{err}");
+    }
+}
