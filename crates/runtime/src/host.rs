@@ -86,6 +86,15 @@ impl Host {
         self.run.join("ctl").join(format!("{}.sock", &container_id[..container_id.len().min(16)]))
     }
 
+    /// Where saved VMs to restore are kept (`VESSEL_VM_TEMPLATES`, else in the cache): each
+    /// is keyed by what made it, so a changed kernel, init or QEMU makes new ones.
+    pub fn vm_templates(&self) -> PathBuf {
+        match std::env::var_os("VESSEL_VM_TEMPLATES") {
+            Some(path) => PathBuf::from(path),
+            None => self.cache.join("vm-templates"),
+        }
+    }
+
     pub fn tsc_cache(&self) -> PathBuf {
         self.run.join("tsc-khz")
     }

@@ -86,7 +86,7 @@ impl Sandbox {
             run_dir,
             accel: options.accel,
             echo_console: options.echo_console,
-            templates: warm_start().then(|| host.cache.join("vm-templates")),
+            templates: warm_start().then(|| host.vm_templates()),
         };
         let started = Instant::now();
         let (mut vm, ready_after) = match boot_until_ready(&backend, config.clone()).await {

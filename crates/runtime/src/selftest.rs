@@ -19,6 +19,8 @@ pub struct SelftestReport {
     pub namespaces: Vec<String>,
     /// Guest uptime when the agent started serving, by the guest's clock.
     pub guest_agent_ready_ms: u64,
+    /// Whether the VM restored a saved one (a warm start) rather than booting.
+    pub restored: bool,
     /// VM start → the agent announced itself.
     pub ready_ms: f64,
     /// VM start → Info answered.
@@ -54,6 +56,7 @@ pub async fn run(host: &Host, options: SelftestOptions) -> Result<SelftestReport
     let mut sandbox = Sandbox::start(host, sandbox_options).await?;
     let started = sandbox.started;
     let ready_ms = ms(sandbox.ready_after);
+    let restored = sandbox.vm().restored_from().is_some();
     let info = sandbox.agent().info().await?;
     let info_ms = ms(started.elapsed());
     let transfer = if options.transfer_bytes > 0 {
@@ -73,6 +76,7 @@ pub async fn run(host: &Host, options: SelftestOptions) -> Result<SelftestReport
         filesystems: info.filesystems,
         cgroup_controllers: info.cgroup_controllers,
         namespaces: info.namespaces,
+        restored,
         ready_ms,
         info_ms,
         off_ms,

@@ -38,7 +38,7 @@ pub enum Start<'a> {
     /// A boot.
     Cold,
     /// A boot to be saved: guest RAM in the file `ram`, shared, so that the save leaves it
-    /// out; the NIC on no network; a monitor on [`QMP_FD`].
+    /// out; a monitor on [`QMP_FD`].
     Template { ram: &'a Path },
     /// A saved VM restored: its RAM file mapped copy-on-write, its state loaded from
     /// [`STATE_FD`] once the monitor on [`QMP_FD`] says so.
@@ -224,15 +224,10 @@ pub fn qemu_args(
             Device::Rng => push(&["-device", "virtio-rng-device"]),
             Device::Nic => {
                 let mac = config.nic.as_ref().map(|nic| nic.mac_string()).unwrap_or_default();
-                let netdev = match start {
-                    // A hub with nothing else on it: the template's NIC reaches nothing.
-                    Start::Template { .. } => "hubport,id=net0,hubid=0".to_string(),
-                    // vhost=off: hosts often lack /dev/vhost-net; QEMU moves the packets.
-                    _ => format!("tap,id=net0,fd={NIC_FD},vhost=off"),
-                };
                 push(&[
+                    // vhost=off: hosts often lack /dev/vhost-net; QEMU moves the packets.
                     "-netdev",
-                    &netdev,
+                    &format!("tap,id=net0,fd={NIC_FD},vhost=off"),
                     "-device",
                     &format!("virtio-net-device,netdev=net0,mac={mac}"),
                 ])
@@ -510,9 +505,6 @@ mod tests {
         assert!(template.contains(
             &"memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=on".to_string()
         ));
-        assert!(template
-            .windows(2)
-            .any(|w| w[0] == "-netdev" && w[1] == "hubport,id=net0,hubid=0"));
         assert!(template.contains(&"socket,id=qmp,fd=5".to_string()));
         assert!(!template.contains(&"-incoming".to_string()));
         let restore = args(Start::Restore { ram });
@@ -523,7 +515,7 @@ mod tests {
         assert!(restore
             .windows(2)
             .any(|w| w[0] == "-netdev" && w[1] == "tap,id=net0,fd=3,vhost=off"));
-        // Apart from memory, network backend and monitor, a restore is its template.
+        // Apart from memory and monitor, a restore is its template.
         let devices = |args: &[String]| -> Vec<String> {
             args.windows(2).filter(|w| w[0] == "-device").map(|w| w[1].clone()).collect()
         };

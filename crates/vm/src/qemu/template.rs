@@ -18,12 +18,12 @@ use super::qmp::Qmp;
 use crate::{Nic, VmConfig, VmError};
 use serde_json::json;
 use sha2::Digest;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when what a template holds changes in a way its key does not show.
-const FORMAT: &str = "vessel-vm-template-1";
+const FORMAT: &str = "vessel-vm-template-2";
 /// The capacity read-only disks have in a restored guest.
 pub const READ_ONLY_CAPACITY: u64 = 1 << 40;
 /// How long a template's guest may take to open its agent port.
@@ -90,7 +90,45 @@ pub async fn for_config(
     let started = std::time::Instant::now();
     let made = make(qemu, config, accel, tsc_khz, &template).await;
     tracing::debug!(dir = %template.dir.display(), took = ?started.elapsed(), ok = made.is_ok(), "made a VM template");
+    if made.is_ok() {
+        prune(templates, &key);
+    }
     made.map(|()| template)
+}
+
+/// Templates kept at most; the oldest go first. Each holds its guest's RAM as a sparse
+/// file (tens of MiB on disk), and one whose kernel, init or QEMU changed is never used
+/// again.
+const KEEP: usize = 8;
+
+/// Removes all but the `KEEP` newest templates (never `keep_key`'s), and the work
+/// directories of template makers that died.
+fn prune(templates: &Path, keep_key: &str) {
+    let Ok(entries) = std::fs::read_dir(templates) else { return };
+    let mut made = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((_, pid)) = name.split_once(".new-") {
+            let alive = Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            continue;
+        }
+        if !path.is_dir() || name == keep_key {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        made.push((modified, path));
+    }
+    made.sort_by(|a, b| b.0.cmp(&a.0));
+    // A VM restored from a removed template keeps its mapping of the deleted RAM file.
+    for (_, path) in made.into_iter().skip(KEEP - 1) {
+        tracing::debug!(dir = %path.display(), "removing an old VM template");
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::fs::remove_file(path.with_extension("lock"));
+    }
 }
 
 /// Hex of what the saved state depends on.
@@ -158,12 +196,22 @@ async fn make(
         file.set_len(placeholder_size(disk)?).map_err(io(&path))?;
         disks.push(crate::Disk { path, read_only: disk.read_only });
     }
-    // The template's NIC is on no network: this fd is never passed to QEMU.
-    let nic = match &config.nic {
-        Some(_) => {
-            let null = std::fs::File::open("/dev/null").map_err(io(Path::new("/dev/null")))?;
-            Some(Nic::new(OwnedFd::from(null), TEMPLATE_MAC))
-        }
+    // The template's NIC is a TAP of its own, on no network, gone with its fd. A TAP and
+    // not a backend without one: the guest's driver keeps the features it negotiated at
+    // boot, and without the virtio-net header it has no checksum or segmentation offload
+    // (TCP 168 MB/s instead of 396 to a restored container, measured).
+    let tap = match &config.nic {
+        Some(_) => Some(
+            vessel_net::tap::Tap::create(&format!("vtpl{}", std::process::id()))
+                .map_err(|err| VmError::Template(format!("a TAP for the saved VM's NIC: {err}")))?,
+        ),
+        None => None,
+    };
+    let nic = match &tap {
+        Some(tap) => Some(Nic::new(
+            tap.fd().try_clone_to_owned().map_err(io(Path::new("/dev/net/tun")))?,
+            TEMPLATE_MAC,
+        )),
         None => None,
     };
     let shape = VmConfig {
@@ -191,7 +239,11 @@ async fn make(
     );
     tracing::debug!(?args, "booting a VM template");
     let log = work.join("qemu.log");
-    let mut vmm = Child::spawn_with_fds(qemu, &args, &log, &[(qmp_theirs.as_fd(), QMP_FD)])?;
+    let mut fds = vec![(qmp_theirs.as_fd(), QMP_FD)];
+    if let Some(tap) = &tap {
+        fds.push((tap.fd(), cmdline::NIC_FD));
+    }
+    let mut vmm = Child::spawn_with_fds(qemu, &args, &log, &fds)?;
     drop(qmp_theirs);
     let saved = save(&mut vmm, qmp_ours, agent_listener, &work).await;
     vmm.kill().await;
@@ -295,5 +347,44 @@ impl Drop for WorkDir {
         if let Some(dir) = &self.0 {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_one_just_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..12u64 {
+            let template = dir.path().join(format!("{i:02}"));
+            std::fs::create_dir(&template).unwrap();
+            std::fs::write(template.with_extension("lock"), b"").unwrap();
+            let when = base + Duration::from_secs(i * 60);
+            std::fs::File::open(&template).unwrap().set_modified(when).unwrap();
+        }
+        // A maker that died (no such pid) and one that is alive (us).
+        let dead = dir.path().join("05.new-999999999");
+        let alive = dir.path().join(format!("05.new-{}", std::process::id()));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::create_dir(&alive).unwrap();
+        // The oldest was just made (say its clock was off): it stays.
+        prune(dir.path(), "00");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = ["00", "05", "06", "07", "08", "09", "10", "11"]
+            .iter()
+            .flat_map(|key| [key.to_string(), format!("{key}.lock")])
+            .collect();
+        expected.push(format!("05.new-{}", std::process::id()));
+        expected.sort();
+        assert_eq!(left, expected);
     }
 }

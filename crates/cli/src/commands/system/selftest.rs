@@ -40,6 +40,8 @@ pub fn run(args: SelftestArgs, context: &Context) -> anyhow::Result<ExitCode> {
         println!("guest kernel     {}", report.kernel_release);
         println!("agent            vessel-init {}", report.agent_version);
         println!("guest            {} CPU, {} MiB", report.cpus, report.memory_total_bytes >> 20);
+        let start = if report.restored { "restored a saved VM" } else { "booted" };
+        println!("start            {start}");
         println!("agent ready      {:>7.1} ms after VM start", report.ready_ms);
         println!("info answered    {:>7.1} ms", report.info_ms);
         println!("powered off      {:>7.1} ms", report.off_ms);
