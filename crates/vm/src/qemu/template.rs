@@ -122,7 +122,7 @@ fn prune(templates: &Path, keep_key: &str) {
         let modified = entry.metadata().and_then(|m| m.modified()).ok();
         made.push((modified, path));
     }
-    made.sort_by(|a, b| b.0.cmp(&a.0));
+    made.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     // A VM restored from a removed template keeps its mapping of the deleted RAM file.
     for (_, path) in made.into_iter().skip(KEEP - 1) {
         tracing::debug!(dir = %path.display(), "removing an old VM template");
