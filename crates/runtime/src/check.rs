@@ -36,7 +36,7 @@ pub fn run(host: &Host) -> Vec<CheckItem> {
             program("VESSEL_QEMU", "qemu-system-x86_64", "apt-get install qemu-system-x86"),
         ),
         CheckItem::new(
-            "vsock device",
+            "agent channel",
             program("VESSEL_VSOCK", vessel_vm::qemu::VSOCK_DEVICE, "scripts/build --install"),
         ),
         CheckItem::new(

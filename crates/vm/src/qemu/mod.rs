@@ -69,7 +69,7 @@ impl QemuBackend {
     }
 }
 
-/// The vsock device program (crates/vsock).
+/// The agent channel's host end (crates/vsock).
 pub const VSOCK_DEVICE: &str = "vessel-vsock";
 
 /// Where `relative` would be beside the running binary, or in the cargo target dir it was
@@ -251,7 +251,7 @@ impl QemuBackend {
         Ok(qemu)
     }
 
-    /// Starts the vsock device and a virtiofsd per share, all at once, and waits until each
+    /// Starts vessel-vsock and a virtiofsd per share, all at once, and waits until each
     /// serves its socket; on failure none is left running.
     async fn start_devices(
         &self,
