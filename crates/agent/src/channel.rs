@@ -136,7 +136,7 @@ impl Channel {
     /// Opens the agent's serial port and waits for the host's hello; its random bytes go
     /// to the kernel's generator before this returns.
     pub async fn open() -> io::Result<Channel> {
-        let path = find_port()?;
+        let path = find_port().await?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -358,20 +358,31 @@ fn reset_reply(header: &Header) -> Vec<u8> {
 }
 
 /// Finds the agent's port by name: `/dev/vportNpM` for the one /sys names `vessel.agent`.
-fn find_port() -> io::Result<std::path::PathBuf> {
+/// The driver adds ports and names them from a work queue, after the device probed: look
+/// again for a while.
+async fn find_port() -> io::Result<std::path::PathBuf> {
     let class = std::path::Path::new("/sys/class/virtio-ports");
-    for entry in std::fs::read_dir(class)? {
-        let entry = entry?;
-        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim_end() == serial::PORT_NAME {
-            return Ok(std::path::Path::new("/dev").join(entry.file_name()));
+    let deadline = tokio::time::Instant::now() + FIND_PORT_TIMEOUT;
+    loop {
+        for entry in std::fs::read_dir(class).into_iter().flatten().flatten() {
+            let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+            let device = std::path::Path::new("/dev").join(entry.file_name());
+            if name.trim_end() == serial::PORT_NAME && device.exists() {
+                return Ok(device);
+            }
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no virtio-serial port named {} in {}", serial::PORT_NAME, class.display()),
+            ));
+        }
+        tokio::time::sleep(UNCONNECTED_POLL).await;
     }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no virtio-serial port named {} in {}", serial::PORT_NAME, class.display()),
-    ))
 }
+
+/// How long the agent's port may take to appear at boot.
+const FIND_PORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads what the port has; waits while the host end is not connected (it reads as closed).
 async fn read_port(port: &AsyncFd<File>, buf: &mut [u8]) -> io::Result<usize> {
@@ -394,10 +405,7 @@ async fn read_packets(port: Arc<AsyncFd<File>>, shared: Arc<Shared>) {
     loop {
         let n = match read_port(&port, &mut chunk).await {
             Ok(n) => n,
-            Err(err) => {
-                crate::log::error(format_args!("the agent channel failed: {err}"));
-                return;
-            }
+            Err(err) => lost(format_args!("reading it failed: {err}")),
         };
         buffer.extend_from_slice(&chunk[..n]);
         let mut at = 0;
@@ -406,11 +414,7 @@ async fn read_packets(port: Arc<AsyncFd<File>>, shared: Arc<Shared>) {
             let header = Header::decode(raw);
             if header.len > MAX_PAYLOAD {
                 // The stream is out of step; nothing after this can be trusted.
-                crate::log::error(format_args!(
-                    "the host sent a {}-byte packet: the agent channel is lost",
-                    header.len
-                ));
-                return;
+                lost(format_args!("the host sent a {}-byte packet", header.len));
             }
             let end = at + HEADER_LEN + header.len as usize;
             if buffer.len() < end {
@@ -423,9 +427,17 @@ async fn read_packets(port: Arc<AsyncFd<File>>, shared: Arc<Shared>) {
     }
 }
 
+/// Without its channel the VM can do nothing more for its host: it powers off, which the
+/// host sees.
+fn lost(why: std::fmt::Arguments<'_>) -> ! {
+    crate::log::error(format_args!("the agent channel is lost ({why}): powering off"));
+    crate::power::power_off()
+}
+
 /// Writes queued packets to the port, as many at once as are waiting.
 async fn write_packets(port: Arc<AsyncFd<File>>, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut pending: Vec<u8> = Vec::new();
+    let mut failing = false;
     while let Some(packet) = queue.recv().await {
         pending.extend_from_slice(&packet);
         while pending.len() < 256 * 1024 {
@@ -438,11 +450,17 @@ async fn write_packets(port: Arc<AsyncFd<File>>, mut queue: mpsc::UnboundedRecei
         while at < pending.len() {
             let Ok(mut guard) = port.writable().await else { return };
             match guard.try_io(|file| file.get_ref().write(&pending[at..])) {
-                Ok(Ok(n)) => at += n,
+                Ok(Ok(n)) => {
+                    at += n;
+                    failing = false;
+                }
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(err)) => {
-                    // EPIPE while the host end is away: it comes back after a restore.
-                    crate::log::error(format_args!("writing to the agent channel: {err}"));
+                    // EPIPE while the host end is away; said once, not every retry.
+                    if !failing {
+                        crate::log::error(format_args!("writing to the agent channel: {err}"));
+                        failing = true;
+                    }
                     tokio::time::sleep(UNCONNECTED_POLL).await;
                 }
                 Err(_would_block) => {}

@@ -48,7 +48,13 @@ fn main() {
     };
     let result = runtime.block_on(serve());
     if let Err(err) = result {
-        log::error(format_args!("{err}"));
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        log::error(format_args!("{message}"));
     }
     // In-flight replies (the Shutdown answer among them) get a moment to leave.
     runtime.shutdown_timeout(Duration::from_millis(20));

@@ -27,6 +27,10 @@ pub enum ServeError {
     },
     #[error("cannot open the agent channel to the host")]
     Channel(#[source] std::io::Error),
+    #[error("cannot tell the host the agent is ready")]
+    Ready(#[source] std::io::Error),
+    #[error("cannot set the clock from the host's")]
+    Clock(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[from] std::io::Error),
     #[error("gRPC server failed")]
@@ -199,14 +203,10 @@ pub async fn run() -> Result<(), ServeError> {
         .serve_with_incoming_shutdown(incoming, shutdown_requested(shutdown_rx.clone()));
     // Ready is announced and the clock set before any request is served (the listener holds
     // the host's connection meanwhile), so no container process starts on the RTC's time.
-    match vsock::announce_ready().await {
-        Ok((stream, asked)) => {
-            if let Err(err) = vsock::set_clock_from_host(stream, asked).await {
-                log::error(format_args!("the clock stays as the RTC set it: {err}"));
-            }
-        }
-        Err(err) => log::error(format_args!("cannot tell the host the agent is ready: {err}")),
-    }
+    // Without the host's time a restored VM would keep the time it was saved at, maybe
+    // days old: no container runs on that.
+    let (stream, asked) = vsock::announce_ready().await.map_err(ServeError::Ready)?;
+    vsock::set_clock_from_host(stream, asked).await.map_err(ServeError::Clock)?;
     log::info(format_args!("serving on vsock port {} at {ready_uptime_ms} ms", ports::AGENT));
 
     // A graceful shutdown waits for every connection to close, and the host may keep its

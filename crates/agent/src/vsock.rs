@@ -113,7 +113,7 @@ pub async fn set_clock_from_host(mut stream: Stream, asked: Instant) -> io::Resu
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the host sent no time"))??;
     if reply.is_empty() {
-        return Err(io::Error::other("the host sent no time (a vessel older than this agent?)"));
+        return Err(io::Error::other("the host closed the ready call without sending its time"));
     }
     let Some(host_time) = ready::parse_time_reply(&reply) else {
         let reply = String::from_utf8_lossy(&reply);

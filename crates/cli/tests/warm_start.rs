@@ -51,12 +51,13 @@ fn restored_from(root: &TestRoot, name: &str) -> Option<String> {
         .collect();
     assert_eq!(qemu.len(), 1, "one QEMU for {name}: {qemu:#?}");
     let restored = qemu[0].contains(" -incoming defer");
-    let ram = qemu[0]
-        .split([' ', ','])
-        .find_map(|part| part.strip_prefix("mem-path="))
-        .map(str::to_string);
-    assert_eq!(restored, ram.is_some(), "{}", qemu[0]);
-    ram
+    let mem_path = qemu[0].split([' ', ',']).find_map(|part| part.strip_prefix("mem-path="));
+    assert_eq!(restored, mem_path.is_some(), "{}", qemu[0]);
+    // QEMU maps the file it was handed open: `/proc/self/fd/N`, seen from here.
+    let pid = qemu[0].split(':').next().unwrap();
+    let ram = mem_path?.replace("/proc/self/", &format!("/proc/{pid}/"));
+    let target = std::fs::read_link(&ram).unwrap_or_else(|err| panic!("{ram}: {err}"));
+    Some(target.display().to_string())
 }
 
 #[test]
@@ -100,4 +101,8 @@ fn a_saved_vm_that_cannot_be_restored_is_replaced() {
     let again = probe(&root, "again", &env).restored_from;
     assert_eq!(again.as_deref(), Some(first.as_str()), "made anew for its shape");
     assert_ne!(std::fs::read(&state).unwrap(), b"not a QEMU state");
+    // A template missing its RAM fails before QEMU even starts loading: the same.
+    std::fs::remove_file(&first).unwrap();
+    assert_eq!(probe(&root, "no-ram", &env).restored_from, None);
+    assert_eq!(probe(&root, "remade", &env).restored_from.as_deref(), Some(first.as_str()));
 }

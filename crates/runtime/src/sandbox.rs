@@ -183,7 +183,13 @@ async fn boot_until_ready(
         .map_err(io("listen for the agent on", vsock.listen_path(ports::READY)))?;
     let name = config.name.clone();
     let started = Instant::now();
-    let mut vm = backend.boot(config).await.map_err(|err| (err.into(), None))?;
+    let mut vm = backend.boot(config).await.map_err(|err| match err {
+        vessel_vm::VmError::Restore { ref template, .. } => {
+            let template = Some(template.clone());
+            (err.into(), template)
+        }
+        err => (err.into(), None),
+    })?;
     dir_guard.disarm();
     tracing::debug!(vm = %name, pid = ?vm.pid(), restored = vm.restored_from().is_some(), "VM started");
     match wait_ready(&mut vm, ready_listener).await {

@@ -59,6 +59,15 @@ pub enum VmError {
     InvalidShare { tag: String, path: PathBuf, reason: String },
     #[error("cannot make a saved VM to start from: {0}")]
     Template(String),
+    #[error("cannot restore the saved VM {}: {message}", template.dir.display())]
+    Restore { template: qemu::template::Template, message: String },
+    #[error("cannot {action} {path}")]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("virtiofsd not found at {cached} or in PATH ({hint})", hint = virtiofs::VIRTIOFSD_HINT)]
     VirtiofsdNotFound { cached: PathBuf },
 }

@@ -35,7 +35,7 @@ pub enum State {
     Draining,
 }
 
-/// Packets owed to the guest for this connection, sent as RX buffers allow.
+/// Packets owed to the guest for this connection, sent in turn with the others'.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owed {
     pub request: bool,

@@ -19,18 +19,18 @@ const LISTENER_TOKEN: u64 = 0;
 /// Host ports of host-initiated connections count up from here: far from the ports guests
 /// connect to (1024, 1025, ...).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
-/// Largest payload of one packet to the guest (Linux RX buffers hold 4 KiB anyway).
+/// Largest payload of one packet to the guest (the most vessel-init takes).
 const MAX_RX_PAYLOAD: usize = 64 * 1024;
 const EVENTS_PER_WAIT: usize = 64;
 
-/// What filling one RX buffer produced.
+/// What making the next packet for the guest produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fill {
-    /// A packet of this many bytes went into the buffer.
+    /// A packet of this many bytes was written out.
     Packet(u32),
-    /// Nothing is owed to the guest: the buffer stays unused.
+    /// Nothing is owed to the guest.
     Nothing,
-    /// The buffer cannot hold a header: give it back empty.
+    /// There is no room for a header, or the writing failed.
     Unusable,
 }
 
@@ -89,6 +89,11 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// RSTs owed to the guest for packets that matched no connection.
+    pub fn resets_pending(&self) -> usize {
+        self.resets.len()
+    }
+
     /// Whether something is owed to the guest.
     pub fn has_work(&self) -> bool {
         !self.resets.is_empty() || !self.work.is_empty()
@@ -100,7 +105,7 @@ impl Muxer {
     pub fn process_host_events(&mut self) {
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
         // Until nothing is ready (a stream accepted now may already hold its handshake),
-        // within bounds: the daemon's epoll calls us again while ours is readable.
+        // within bounds: the channel's epoll calls us again while ours is readable.
         for _ in 0..16 {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
@@ -298,7 +303,7 @@ impl Muxer {
 
     // ---- guest side ----
 
-    /// Handles one packet from the guest's TX queue.
+    /// Handles one packet from the guest.
     pub fn guest_packet(&mut self, header: &Header, payload: &[u8]) {
         if header.src_cid != self.guest_cid || header.dst_cid != HOST_CID {
             tracing::warn!(
@@ -463,7 +468,7 @@ impl Muxer {
 
     // ---- packets to the guest ----
 
-    /// Fills one guest RX buffer of `room` bytes with the next packet owed.
+    /// Writes the next packet owed to the guest into `out`, in at most `room` bytes.
     pub fn fill_rx<W: Write>(&mut self, out: &mut W, room: usize) -> Fill {
         if room < HEADER_LEN {
             return Fill::Unusable;
@@ -572,7 +577,7 @@ fn write_packet<W: Write>(out: &mut W, header: &Header, payload: &[u8]) -> Fill 
     match out.write_all(&header.encode()).and_then(|()| out.write_all(payload)) {
         Ok(()) => Fill::Packet((HEADER_LEN + payload.len()) as u32),
         Err(e) => {
-            tracing::warn!(error = %e, "writing a packet into a guest RX buffer");
+            tracing::warn!(error = %e, "writing a packet for the guest");
             Fill::Unusable
         }
     }

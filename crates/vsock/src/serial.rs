@@ -19,6 +19,10 @@ const MUXER_TOKEN: u64 = 2;
 /// Packets for the guest are made while fewer bytes than this wait for QEMU to take them;
 /// beyond, host streams wait (their data stays in their sockets).
 const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Past this many answers owed to the guest, or `OUT_HIGH_WATER` bytes, we stop reading
+/// what it sends until it reads its own: a guest that writes without reading cannot make
+/// us buffer without bound.
+const MAX_RESETS_PENDING: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Listens on `socket`, takes QEMU's connection, and moves packets until QEMU hangs up.
@@ -39,8 +43,8 @@ struct Channel {
     input: Vec<u8>,
     /// Bytes for the guest QEMU has not taken yet.
     output: Vec<u8>,
-    /// Whether the port is watched for room to write.
-    watching_out: bool,
+    /// What the port is watched for.
+    watching: EventSet,
 }
 
 impl Channel {
@@ -57,7 +61,8 @@ impl Channel {
             port.as_raw_fd(),
             EpollEvent::new(EventSet::IN | EventSet::OUT, PORT_TOKEN),
         )?;
-        Ok(Channel { port, epoll, input: Vec::new(), output, watching_out: true })
+        let watching = EventSet::IN | EventSet::OUT;
+        Ok(Channel { port, epoll, input: Vec::new(), output, watching })
     }
 
     fn run(&mut self, muxer: &mut Muxer) -> anyhow::Result<()> {
@@ -79,6 +84,9 @@ impl Channel {
             if !self.flush()? {
                 return Ok(());
             }
+            let backlogged =
+                self.output.len() >= OUT_HIGH_WATER || muxer.resets_pending() >= MAX_RESETS_PENDING;
+            self.watch(!backlogged, !self.output.is_empty())?;
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -86,6 +94,7 @@ impl Channel {
             };
             for event in &events[..n] {
                 match event.data() {
+                    // A hang-up is read too, paused or not: the read sees the end.
                     PORT_TOKEN
                         if event.event_set().intersects(EventSet::IN | EventSet::HANG_UP)
                             && !self.read_guest(muxer)? =>
@@ -137,8 +146,7 @@ impl Channel {
         Ok(true)
     }
 
-    /// Writes what QEMU takes now; watches for room while anything is left. False once
-    /// QEMU hung up.
+    /// Writes what QEMU takes now. False once QEMU hung up.
     fn flush(&mut self) -> anyhow::Result<bool> {
         while !self.output.is_empty() {
             match self.port.write(&self.output) {
@@ -155,17 +163,25 @@ impl Channel {
                 Err(e) => return Err(e).context("writing the agent channel"),
             }
         }
-        let want_out = !self.output.is_empty();
-        if want_out != self.watching_out {
-            let events = if want_out { EventSet::IN | EventSet::OUT } else { EventSet::IN };
-            self.epoll.ctl(
-                ControlOperation::Modify,
-                self.port.as_raw_fd(),
-                EpollEvent::new(events, PORT_TOKEN),
-            )?;
-            self.watching_out = want_out;
-        }
         Ok(true)
+    }
+
+    /// Watches the port for input (unless paused) and, while anything is left to write,
+    /// for room.
+    fn watch(&mut self, input: bool, output: bool) -> anyhow::Result<()> {
+        let mut events = EventSet::empty();
+        if input {
+            events |= EventSet::IN;
+        }
+        if output {
+            events |= EventSet::OUT;
+        }
+        if events != self.watching {
+            let event = EpollEvent::new(events, PORT_TOKEN);
+            self.epoll.ctl(ControlOperation::Modify, self.port.as_raw_fd(), event)?;
+            self.watching = events;
+        }
+        Ok(())
     }
 }
 
@@ -267,5 +283,38 @@ mod tests {
         guest.write_all(&bad.encode()).unwrap();
         let err = served.join().unwrap().unwrap_err();
         assert!(err.to_string().contains("closing the agent channel"), "{err}");
+    }
+
+    /// A guest that sends packets needing answers and never reads its port: we stop
+    /// reading it once the answers pile up, so its writes block instead of our memory
+    /// growing.
+    #[test]
+    fn a_guest_that_never_reads_is_not_read_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("serial.sock");
+        let muxer = Muxer::new(GUEST_CID, &dir.path().join("vsock.sock")).unwrap();
+        let served = {
+            let socket = socket.clone();
+            std::thread::spawn(move || serve(&socket, muxer))
+        };
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut guest = UnixStream::connect(&socket).unwrap();
+        guest.set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        // Data for no connection: each is answered with an RST.
+        let junk: Vec<u8> =
+            (0..1000u32).flat_map(|port| guest_packet(OP_RW, port, 9, b"x")).collect();
+        let mut written = 0usize;
+        let blocked = loop {
+            match guest.write(&junk) {
+                Ok(n) => written += n,
+                Err(e) => break e,
+            }
+            assert!(written < 256 << 20, "the host read {written} bytes without being read");
+        };
+        assert_eq!(blocked.kind(), ErrorKind::WouldBlock, "{blocked}");
+        drop(guest);
+        served.join().unwrap().unwrap();
     }
 }

@@ -1,6 +1,6 @@
-//! A process's stdio: pipes or a terminal on the process side, vsock connections to the host
-//! on the other, and the agent relaying between them. The relay is what keeps every guest
-//! vsock write under `MAX_GUEST_WRITE`; a process writing to vsock itself could stall it.
+//! A process's stdio: pipes or a terminal on the process side, streams to the host on the
+//! agent channel on the other, and the agent relaying between them (the process never
+//! sees the channel).
 
 use crate::channel::Stream;
 use crate::vsock::MAX_GUEST_WRITE;

@@ -31,6 +31,8 @@ pub const NIC_FD: i32 = 3;
 pub const STATE_FD: i32 = 4;
 /// The fd of QEMU's end of its monitor (QMP) socket pair, for saves and restores.
 pub const QMP_FD: i32 = 5;
+/// The fd of a restored VM's saved RAM file (`mem-path=/proc/self/fd/6`).
+pub const RAM_FD: i32 = 6;
 
 /// How a VM begins (see `template.rs`).
 #[derive(Debug, Clone, Copy)]

@@ -153,7 +153,7 @@ impl Backend for QemuBackend {
                 return Err(err);
             }
         };
-        let mut template = if template::applies(&config) {
+        let template = if template::applies(&config) {
             match template::for_config(&self.qemu, &config, accel, khz).await {
                 Ok(template) => Some(template),
                 Err(err) => {
@@ -164,15 +164,9 @@ impl Backend for QemuBackend {
         } else {
             None
         };
-        let mut spawned = self.spawn_qemu(&config, &paths, accel, khz, template.as_ref()).await;
-        if let (Err(err), Some(failed)) = (&spawned, &template) {
-            // A saved VM that cannot be loaded is not tried again; this VM boots.
-            tracing::warn!(error = %err, "discarding a saved VM and booting");
-            failed.discard();
-            template = None;
-            spawned = self.spawn_qemu(&config, &paths, accel, khz, None).await;
-        }
-        let qemu = match spawned {
+        // A restore that fails here has used up vessel-vsock's one connection: the caller
+        // starts over (and boots), with the error naming the template.
+        let qemu = match self.spawn_qemu(&config, &paths, accel, khz, template.as_ref()).await {
             Ok(qemu) => qemu,
             Err(err) => {
                 devices.kill_all().await;
@@ -208,9 +202,11 @@ impl QemuBackend {
         tsc_khz: u64,
         template: Option<&template::Template>,
     ) -> Result<Child, VmError> {
-        let ram = template.map(|template| template.ram());
-        let start = match &ram {
-            Some(ram) => Start::Restore { ram },
+        // A restore maps the RAM file QEMU finds on RAM_FD, opened here with the state: a
+        // template replaced meanwhile cannot pair one's state with the other's RAM.
+        let ram_path = PathBuf::from(format!("/proc/self/fd/{}", cmdline::RAM_FD));
+        let start = match template {
+            Some(_) => Start::Restore { ram: &ram_path },
             None => Start::Cold,
         };
         let args = qemu_args(
@@ -232,21 +228,23 @@ impl QemuBackend {
         let Some(template) = template else {
             return Child::spawn_with_fds(&self.qemu, args, &log, &fds);
         };
-        let io = |path: PathBuf| move |source| VmError::RunDir { path, source };
-        let state = std::fs::File::open(template.state()).map_err(io(template.state()))?;
-        let (qmp_ours, qmp_theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(io(paths.dir.clone()))?;
+        let failed = |message: String| VmError::Restore { template: template.clone(), message };
+        let open = |path: PathBuf| {
+            std::fs::File::open(&path)
+                .map_err(|err| failed(format!("open {}: {err}", path.display())))
+        };
+        let (state, ram) = (open(template.state())?, open(template.ram())?);
+        let (qmp_ours, qmp_theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|err| failed(format!("a socket pair for QEMU's monitor: {err}")))?;
         fds.push((state.as_fd(), cmdline::STATE_FD));
         fds.push((qmp_theirs.as_fd(), cmdline::QMP_FD));
+        fds.push((ram.as_fd(), cmdline::RAM_FD));
         let mut qemu = Child::spawn_with_fds(&self.qemu, args, &log, &fds)?;
         drop(qmp_theirs);
         if let Err(err) = template::load(qmp_ours).await {
             qemu.kill().await;
-            return Err(VmError::Template(format!(
-                "restoring {}: {err}; QEMU said: {}",
-                template.dir.display(),
-                std::fs::read_to_string(&log).unwrap_or_default().trim()
-            )));
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(failed(format!("{err}; QEMU said: {}", said.trim())));
         }
         Ok(qemu)
     }

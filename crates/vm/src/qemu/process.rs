@@ -9,8 +9,6 @@ use tokio::io::AsyncWriteExt;
 
 /// At most this many fds go to one child.
 const MAX_PASSED_FDS: usize = 4;
-/// Passed fds are moved at or above this number before they take their places.
-const HIGH_FD: libc::c_int = 1000;
 
 #[derive(Debug)]
 pub struct Child {
@@ -84,6 +82,8 @@ impl Child {
             *slot = (fd.as_raw_fd(), *target);
         }
         let count = pass_fds.len();
+        // Above every target, so moving the sources there frees the targets.
+        let above_targets = pass_fds.iter().map(|(_, target)| target + 1).max().unwrap_or(0);
         // SAFETY: the closure runs in the forked child before exec and only calls prctl,
         // fcntl and dup2, which are async-signal-safe; the fds it names are open in the
         // child, which inherited them.
@@ -96,7 +96,7 @@ impl Child {
                 // target number), then onto the targets; dup2's copies survive exec.
                 let mut high = [-1; MAX_PASSED_FDS];
                 for i in 0..count {
-                    high[i] = libc::fcntl(passed[i].0, libc::F_DUPFD_CLOEXEC, HIGH_FD);
+                    high[i] = libc::fcntl(passed[i].0, libc::F_DUPFD_CLOEXEC, above_targets);
                     if high[i] < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -236,5 +236,33 @@ mod tests {
         assert_eq!(with.trim(), passed.display().to_string());
         let without = std::fs::read_to_string(without).unwrap();
         assert_ne!(without.trim(), passed.display().to_string());
+    }
+
+    /// Each fd lands on its own target, whatever numbers the sources have: here each
+    /// source is moved onto the other's target number first, so a naive dup2 in order
+    /// would pass the same file twice.
+    #[tokio::test]
+    async fn passed_fds_never_overwrite_one_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let file_a = std::fs::File::create(&a).unwrap();
+        let file_b = std::fs::File::create(&b).unwrap();
+        let (a_fd, b_fd) = (file_a.as_fd(), file_b.as_fd());
+        // b goes onto a's number, and comes first: a dup2 straight onto the targets, in
+        // order, would replace a before passing it.
+        let (a_target, b_target) = (b_fd.as_raw_fd().max(3) + 1, a_fd.as_raw_fd());
+        let script = [
+            "-c".to_string(),
+            format!("readlink /proc/self/fd/{a_target}; readlink /proc/self/fd/{b_target}"),
+        ];
+        let log = dir.path().join("out.log");
+        let sh = Path::new("/bin/sh");
+        let mut child =
+            Child::spawn_with_fds(sh, &script, &log, &[(b_fd, b_target), (a_fd, a_target)])
+                .unwrap();
+        let status = child.wait_timeout(Duration::from_secs(10)).await.unwrap();
+        assert!(status.is_some_and(|status| status.success()));
+        let out = std::fs::read_to_string(log).unwrap();
+        assert_eq!(out, format!("{}\n{}\n", a.display(), b.display()));
     }
 }
