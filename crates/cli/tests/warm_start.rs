@@ -6,6 +6,7 @@ mod common;
 
 use common::images::{busybox_root, BUSYBOX as IMAGE};
 use common::{processes_mentioning, TestRoot};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// What a container reports about its VM.
@@ -94,6 +95,8 @@ fn a_saved_vm_that_cannot_be_restored_is_replaced() {
     let env = [("VESSEL_VM_TEMPLATES", templates.as_path())];
     let first = probe(&root, "first", &env).restored_from.expect("restored");
     assert!(first.starts_with(&templates.display().to_string()), "{first}");
+    let mode = std::fs::metadata(&templates).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "saved guest memory is root's alone");
     let state = Path::new(&first).with_file_name("state");
     std::fs::write(&state, b"not a QEMU state").unwrap();
     let fallback = probe(&root, "fallback", &env);

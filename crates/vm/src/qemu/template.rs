@@ -98,6 +98,9 @@ pub async fn for_config(
         return Ok(template);
     }
     std::fs::create_dir_all(templates).map_err(io("create", templates))?;
+    // A template's RAM is its guest's memory: root's alone.
+    std::fs::set_permissions(templates, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io("restrict", templates))?;
     let lock_path = templates.join(format!("{key}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(io("create", &lock_path))?;
     let deadline = tokio::time::Instant::now() + 2 * BOOT_TIMEOUT;
