@@ -191,6 +191,31 @@ mod tests {
     use crate::packet::{GUEST_CID, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
     use std::io::BufRead;
 
+    /// vessel-vsock's channel in a thread, with QEMU's end connected: the guest's side,
+    /// played by hand. Returns the hybrid socket's path too.
+    struct Served {
+        _dir: tempfile::TempDir,
+        guest: UnixStream,
+        hybrid: std::path::PathBuf,
+        thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    }
+
+    fn serve_in_thread() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("serial.sock");
+        let hybrid = dir.path().join("vsock.sock");
+        let muxer = Muxer::new(GUEST_CID, &hybrid).unwrap();
+        let thread = {
+            let socket = socket.clone();
+            std::thread::spawn(move || serve(&socket, muxer))
+        };
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let guest = UnixStream::connect(&socket).unwrap();
+        Served { _dir: dir, guest, hybrid, thread }
+    }
+
     fn read_packet(stream: &mut UnixStream) -> (Header, Vec<u8>) {
         let mut raw = [0u8; HEADER_LEN];
         stream.read_exact(&mut raw).unwrap();
@@ -221,18 +246,7 @@ mod tests {
     /// a REQUEST, and data flows both ways, split over writes anywhere.
     #[test]
     fn packets_travel_a_byte_stream_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("serial.sock");
-        let hybrid = dir.path().join("vsock.sock");
-        let muxer = Muxer::new(GUEST_CID, &hybrid).unwrap();
-        let served = {
-            let socket = socket.clone();
-            std::thread::spawn(move || serve(&socket, muxer))
-        };
-        while !socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let mut guest = UnixStream::connect(&socket).unwrap();
+        let Served { _dir, mut guest, hybrid, thread: served } = serve_in_thread();
         let mut hello = [0u8; serial::HELLO_LEN];
         guest.read_exact(&mut hello).unwrap();
         assert!(serial::parse_hello(&hello).is_some());
@@ -267,17 +281,7 @@ mod tests {
 
     #[test]
     fn a_lying_length_closes_the_channel() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("serial.sock");
-        let muxer = Muxer::new(GUEST_CID, &dir.path().join("vsock.sock")).unwrap();
-        let served = {
-            let socket = socket.clone();
-            std::thread::spawn(move || serve(&socket, muxer))
-        };
-        while !socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let mut guest = UnixStream::connect(&socket).unwrap();
+        let Served { _dir, mut guest, thread: served, .. } = serve_in_thread();
         let mut bad = Header { len: u32::MAX, ..Header::default() };
         bad.src_cid = GUEST_CID;
         guest.write_all(&bad.encode()).unwrap();
@@ -290,17 +294,7 @@ mod tests {
     /// growing.
     #[test]
     fn a_guest_that_never_reads_is_not_read_either() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("serial.sock");
-        let muxer = Muxer::new(GUEST_CID, &dir.path().join("vsock.sock")).unwrap();
-        let served = {
-            let socket = socket.clone();
-            std::thread::spawn(move || serve(&socket, muxer))
-        };
-        while !socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let mut guest = UnixStream::connect(&socket).unwrap();
+        let Served { _dir, mut guest, thread: served, .. } = serve_in_thread();
         guest.set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
         // Data for no connection: each is answered with an RST.
         let junk: Vec<u8> =

@@ -278,6 +278,12 @@ mod tests {
     use super::*;
     use crate::{Disk, Share};
 
+    /// QEMU's arguments for a boot, with made-up paths.
+    fn cold_args(config: &VmConfig, accel: Accel, share_sockets: &[PathBuf]) -> Vec<String> {
+        let (agent, console) = (Path::new("/v"), Path::new("/c"));
+        qemu_args(config, accel, Start::Cold, agent, share_sockets, console, 1)
+    }
+
     fn config(disks: usize) -> VmConfig {
         config_with(disks, 0)
     }
@@ -337,15 +343,7 @@ mod tests {
 
     #[test]
     fn disks_keep_their_order_and_mode() {
-        let args = qemu_args(
-            &config(2),
-            Accel::Tcg,
-            Start::Cold,
-            Path::new("/v"),
-            &[],
-            Path::new("/c"),
-            1,
-        );
+        let args = cold_args(&config(2), Accel::Tcg, &[]);
         let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("id=disk")).collect();
         assert!(
             drives[0].starts_with("id=disk0,file=/d0,,x,") && drives[0].contains("readonly=on")
@@ -355,25 +353,9 @@ mod tests {
 
     #[test]
     fn tcg_hides_erms_and_kvm_uses_the_host_cpu() {
-        let tcg = qemu_args(
-            &config(0),
-            Accel::Tcg,
-            Start::Cold,
-            Path::new("/v"),
-            &[],
-            Path::new("/c"),
-            1,
-        );
+        let tcg = cold_args(&config(0), Accel::Tcg, &[]);
         assert!(tcg.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max,-erms"));
-        let kvm = qemu_args(
-            &config(0),
-            Accel::Kvm,
-            Start::Cold,
-            Path::new("/v"),
-            &[],
-            Path::new("/c"),
-            1,
-        );
+        let kvm = cold_args(&config(0), Accel::Kvm, &[]);
         assert!(kvm.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"));
     }
 
@@ -381,15 +363,7 @@ mod tests {
     fn shares_follow_disks_each_with_a_vhost_user_fs_device() {
         let config = config_with(2, 2);
         let sockets = [PathBuf::from("/run/x/virtiofs-0.sock"), PathBuf::from("/r,un/fs1.sock")];
-        let args = qemu_args(
-            &config,
-            Accel::Tcg,
-            Start::Cold,
-            Path::new("/v"),
-            &sockets,
-            Path::new("/c"),
-            1,
-        );
+        let args = cold_args(&config, Accel::Tcg, &sockets);
         let devices: Vec<&String> =
             args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
         assert_eq!(
@@ -440,15 +414,7 @@ mod tests {
     fn the_nic_follows_rng_and_disks_keep_their_order() {
         let config = with_nic(config_with(2, 1));
         let sockets = [PathBuf::from("/run/x/virtiofs-0.sock")];
-        let args = qemu_args(
-            &config,
-            Accel::Tcg,
-            Start::Cold,
-            Path::new("/v"),
-            &sockets,
-            Path::new("/c"),
-            1,
-        );
+        let args = cold_args(&config, Accel::Tcg, &sockets);
         let devices: Vec<&String> =
             args.windows(2).filter(|w| w[0] == "-device").map(|w| &w[1]).collect();
         assert_eq!(
@@ -474,15 +440,7 @@ mod tests {
 
     #[test]
     fn no_nic_no_netdev() {
-        let args = qemu_args(
-            &config(1),
-            Accel::Tcg,
-            Start::Cold,
-            Path::new("/v"),
-            &[],
-            Path::new("/c"),
-            1,
-        );
+        let args = cold_args(&config(1), Accel::Tcg, &[]);
         assert!(!args.iter().any(|a| a == "-netdev" || a.contains("virtio-net")));
     }
 
