@@ -49,6 +49,8 @@ pub struct Muxer {
     work: VecDeque<u64>,
     /// RSTs answering guest packets that match no connection.
     resets: VecDeque<Header>,
+    /// Warnings about what the guest sent: a guest must not fill the host's log.
+    guest_warnings: WarningBudget,
     scratch: Vec<u8>,
 }
 
@@ -75,6 +77,7 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             work: VecDeque::new(),
             resets: VecDeque::new(),
+            guest_warnings: WarningBudget::default(),
             scratch: vec![0u8; MAX_RX_PAYLOAD],
         })
     }
@@ -306,11 +309,13 @@ impl Muxer {
     /// Handles one packet from the guest.
     pub fn guest_packet(&mut self, header: &Header, payload: &[u8]) {
         if header.src_cid != self.guest_cid || header.dst_cid != HOST_CID {
-            tracing::warn!(
-                src_cid = header.src_cid,
-                dst_cid = header.dst_cid,
-                "dropping a guest packet with foreign addresses"
-            );
+            if self.guest_warnings.allow() {
+                tracing::warn!(
+                    src_cid = header.src_cid,
+                    dst_cid = header.dst_cid,
+                    "dropping a guest packet with foreign addresses"
+                );
+            }
             return;
         }
         if header.kind != TYPE_STREAM {
@@ -361,7 +366,9 @@ impl Muxer {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, port = conn.guest_port, "resetting connection");
+                    if self.guest_warnings.allow() {
+                        tracing::warn!(error = %e, port = conn.guest_port, "resetting connection");
+                    }
                     self.abort(token);
                     return;
                 }
@@ -386,7 +393,9 @@ impl Muxer {
                 conn.owed = Default::default();
             }
             op => {
-                tracing::warn!(op, state = ?conn.state, port = conn.guest_port, "unexpected guest packet, resetting");
+                if self.guest_warnings.allow() {
+                    tracing::warn!(op, state = ?conn.state, port = conn.guest_port, "unexpected guest packet, resetting");
+                }
                 self.abort(token);
                 return;
             }
@@ -607,6 +616,24 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path)?;
     connect(fd.as_raw_fd(), &addr)?;
     Ok(UnixStream::from(fd))
+}
+
+/// Logs the first warnings of a kind, then says once that the rest go unsaid.
+#[derive(Debug, Default)]
+struct WarningBudget {
+    spent: u32,
+}
+
+impl WarningBudget {
+    const LIMIT: u32 = 20;
+
+    fn allow(&mut self) -> bool {
+        self.spent = self.spent.saturating_add(1);
+        if self.spent == Self::LIMIT + 1 {
+            tracing::warn!("the guest keeps sending bad packets; no more of these are logged");
+        }
+        self.spent <= Self::LIMIT
+    }
 }
 
 #[cfg(test)]

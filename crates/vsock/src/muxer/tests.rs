@@ -442,3 +442,10 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn warnings_about_the_guest_are_capped() {
+    let mut budget = super::WarningBudget::default();
+    let allowed = (0..100_000).filter(|_| budget.allow()).count();
+    assert_eq!(allowed, super::WarningBudget::LIMIT as usize);
+}
