@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use vessel_proto::serial;
 use vessel_proto::vsock_packet::{
-    Header, GUEST_CID, HEADER_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE,
-    OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+    take_packets, Header, GUEST_CID, HEADER_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_REQUEST,
+    OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
+    SHUTDOWN_SEND, TYPE_STREAM,
 };
 
 /// What each connection may hold of the host's data that the agent has not read yet.
@@ -241,7 +242,7 @@ impl Shared {
                     }
                 }
                 OP_RST => {}
-                _ => self.send(reset_reply(header)),
+                _ => self.send(header.reset_reply().encode().to_vec()),
             }
             return;
         };
@@ -292,7 +293,7 @@ impl Shared {
         request: &Header,
     ) -> Option<(mpsc::UnboundedSender<Stream>, Stream)> {
         let Some(listener) = state.listeners.get(&request.dst_port).cloned() else {
-            self.send(reset_reply(request));
+            self.send(request.reset_reply().encode().to_vec());
             return None;
         };
         let mut conn = Conn::new(request.dst_port, request.src_port);
@@ -341,20 +342,6 @@ impl State {
         }
         Err(io::Error::new(io::ErrorKind::AddrInUse, "no free local port"))
     }
-}
-
-/// The RST that answers a packet for no connection of ours.
-fn reset_reply(header: &Header) -> Vec<u8> {
-    let rst = Header {
-        src_cid: GUEST_CID,
-        dst_cid: HOST_CID,
-        src_port: header.dst_port,
-        dst_port: header.src_port,
-        kind: TYPE_STREAM,
-        op: OP_RST,
-        ..Header::default()
-    };
-    rst.encode().to_vec()
 }
 
 /// Finds the agent's port by name: `/dev/vportNpM` for the one /sys names `vessel.agent`.
@@ -408,21 +395,10 @@ async fn read_packets(port: Arc<AsyncFd<File>>, shared: Arc<Shared>) {
             Err(err) => lost(format_args!("reading it failed: {err}")),
         };
         buffer.extend_from_slice(&chunk[..n]);
-        let mut at = 0;
-        while buffer.len() - at >= HEADER_LEN {
-            let raw: &[u8; HEADER_LEN] = buffer[at..at + HEADER_LEN].try_into().expect("sized");
-            let header = Header::decode(raw);
-            if header.len > MAX_PAYLOAD {
-                // The stream is out of step; nothing after this can be trusted.
-                lost(format_args!("the host sent a {}-byte packet", header.len));
-            }
-            let end = at + HEADER_LEN + header.len as usize;
-            if buffer.len() < end {
-                break;
-            }
-            shared.packet(&header, &buffer[at + HEADER_LEN..end]);
-            at = end;
-        }
+        let taken = take_packets(&buffer, |header, payload| shared.packet(header, payload));
+        // Past a length that large the stream is out of step: nothing after can be trusted.
+        let at =
+            taken.unwrap_or_else(|len| lost(format_args!("the host sent a {len}-byte packet")));
         buffer.drain(..at);
     }
 }

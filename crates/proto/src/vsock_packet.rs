@@ -114,6 +114,25 @@ impl Header {
     }
 }
 
+/// Hands each whole packet at the start of `bytes` to `handle` (header, payload) and
+/// returns how many bytes they took; a packet cut short at the end waits for more bytes.
+/// Fails with the length of a payload above [`MAX_PAYLOAD`]: past it, a byte stream of
+/// packets cannot be followed.
+pub fn take_packets(bytes: &[u8], mut handle: impl FnMut(&Header, &[u8])) -> Result<usize, u32> {
+    let mut at = 0;
+    while let Some(raw) = bytes.get(at..at + HEADER_LEN) {
+        let header = Header::decode(raw.try_into().expect("HEADER_LEN bytes"));
+        if header.len > MAX_PAYLOAD {
+            return Err(header.len);
+        }
+        let end = at + HEADER_LEN + header.len as usize;
+        let Some(payload) = bytes.get(at + HEADER_LEN..end) else { break };
+        handle(&header, payload);
+        at = end;
+    }
+    Ok(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +166,35 @@ mod tests {
         assert_eq!(&raw[28..30], &1u16.to_le_bytes());
         assert_eq!(&raw[30..32], &5u16.to_le_bytes());
         assert_eq!(&raw[40..44], &0xffff_fff0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn packets_are_taken_whole_from_a_byte_stream() {
+        let mut bytes = Vec::new();
+        for payload in [&b"one"[..], b"", b"three"] {
+            let header = Header { len: payload.len() as u32, ..sample() };
+            bytes.extend_from_slice(&header.encode());
+            bytes.extend_from_slice(payload);
+        }
+        let whole = bytes.len();
+        // Every cut: the packets before it are taken, the rest waits.
+        for cut in 0..=whole {
+            let mut seen = Vec::new();
+            let used =
+                take_packets(&bytes[..cut], |_, payload| seen.push(payload.to_vec())).unwrap();
+            let expected: Vec<&[u8]> = [&b"one"[..], b"", b"three"]
+                .into_iter()
+                .scan(0, |end, payload| {
+                    *end += HEADER_LEN + payload.len();
+                    Some((*end, payload))
+                })
+                .take_while(|(end, _)| *end <= cut)
+                .map(|(_, payload)| payload)
+                .collect();
+            assert_eq!(seen, expected, "cut at {cut}");
+            assert_eq!(used, expected.iter().map(|p| HEADER_LEN + p.len()).sum::<usize>());
+        }
+        let liar = Header { len: MAX_PAYLOAD + 1, ..sample() };
+        assert_eq!(take_packets(&liar.encode(), |_, _| panic!("taken")), Err(MAX_PAYLOAD + 1));
     }
 }

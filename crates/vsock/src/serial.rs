@@ -5,8 +5,8 @@
 //! random bytes, which the guest mixes into its random generator.
 
 use crate::muxer::{Fill, Muxer};
-use crate::packet::{Header, HEADER_LEN, MAX_PAYLOAD};
-use anyhow::{bail, Context};
+use crate::packet::{take_packets, HEADER_LEN, MAX_PAYLOAD};
+use anyhow::Context;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -122,26 +122,15 @@ impl Channel {
             Err(e) => return Err(e).context("reading the agent channel"),
         };
         self.input.truncate(start + n);
-        let mut at = 0;
-        while self.input.len() - at >= HEADER_LEN {
-            let raw: &[u8; HEADER_LEN] =
-                self.input[at..at + HEADER_LEN].try_into().expect("HEADER_LEN bytes");
-            let header = Header::decode(raw);
-            if header.len > MAX_PAYLOAD {
-                // The guest is untrusted: past a bad length the stream cannot be followed.
-                bail!(
-                    "the guest sent a packet of {} bytes, more than {MAX_PAYLOAD}: \
-                     closing the agent channel",
-                    header.len
-                );
-            }
-            let end = at + HEADER_LEN + header.len as usize;
-            if self.input.len() < end {
-                break;
-            }
-            muxer.guest_packet(&header, &self.input[at + HEADER_LEN..end]);
-            at = end;
-        }
+        let taken =
+            take_packets(&self.input, |header, payload| muxer.guest_packet(header, payload));
+        // The guest is untrusted: past a bad length the stream cannot be followed.
+        let at = taken.map_err(|len| {
+            anyhow::anyhow!(
+                "the guest sent a packet of {len} bytes, more than {MAX_PAYLOAD}: \
+                 closing the agent channel"
+            )
+        })?;
         self.input.drain(..at);
         Ok(true)
     }
@@ -188,7 +177,7 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{GUEST_CID, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
+    use crate::packet::{Header, GUEST_CID, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
     use std::io::BufRead;
 
     /// vessel-vsock's channel in a thread, with QEMU's end connected: the guest's side,
