@@ -4,11 +4,9 @@
 
 use crate::channel::{Channel, Listener, Stream};
 use std::io;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vessel_proto::{ports, ready};
 
 static CHANNEL: OnceLock<Channel> = OnceLock::new();
@@ -28,54 +26,21 @@ pub async fn connect_host(port: u32) -> io::Result<Stream> {
     channel()?.connect(port).await
 }
 
-/// One accepted host connection, in the shape tonic's server wants.
-#[derive(Debug)]
-pub struct HostConnection(Stream);
-
-impl tonic::transport::server::Connected for HostConnection {
+/// Accepted host connections are what tonic's server serves.
+impl tonic::transport::server::Connected for Stream {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl AsyncRead for HostConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-/// The largest write the agent makes to a stream at once: one packet's payload. This only
-/// bounds the relay buffers.
-pub const MAX_GUEST_WRITE: usize = 64 * 1024;
-
-impl AsyncWrite for HostConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let len = buf.len().min(MAX_GUEST_WRITE);
-        Pin::new(&mut self.0).poll_write(cx, &buf[..len])
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+/// The most a stream takes in one write: one packet's payload. It sizes the relay buffers.
+pub const MAX_GUEST_WRITE: usize = vessel_proto::vsock_packet::MAX_PAYLOAD as usize;
 
 pub fn listen(port: u32) -> io::Result<Listener> {
     channel()?.listen(port)
 }
 
-pub async fn accept(listener: &Listener) -> io::Result<HostConnection> {
-    Ok(HostConnection(listener.accept().await?))
+pub async fn accept(listener: &Listener) -> io::Result<Stream> {
+    listener.accept().await
 }
 
 /// Serves the echo port: every connection gets its own bytes back until it closes.
@@ -83,10 +48,10 @@ pub async fn serve_echo(listener: Listener) {
     loop {
         let Ok(stream) = listener.accept().await else { return };
         tokio::spawn(async move {
-            let (reader, mut writer) = tokio::io::split(HostConnection(stream));
+            let (reader, mut writer) = tokio::io::split(stream);
             // The host closes the connection once it has its bytes back: an error here is
             // the normal end.
-            // Large reads make large writes, so this exercises MAX_GUEST_WRITE.
+            // Large reads make large writes, which the stream cuts into packets.
             let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
             let _ = tokio::io::copy_buf(&mut reader, &mut writer).await;
             let _ = writer.shutdown().await;
