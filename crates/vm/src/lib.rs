@@ -115,6 +115,11 @@ impl Nic {
         self.fd.as_fd()
     }
 
+    /// The same TAP with another address.
+    pub fn with_mac(&self, mac: [u8; 6]) -> Nic {
+        Nic { fd: self.fd.clone(), mac }
+    }
+
     /// `02:76:0a:d5:fa:02`, as QEMU's `mac=` takes it.
     pub fn mac_string(&self) -> String {
         format_mac(&self.mac)

@@ -19,7 +19,7 @@ use super::qmp::Qmp;
 use crate::{Nic, VmConfig, VmError};
 use serde_json::json;
 use sha2::Digest;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,7 +169,7 @@ fn shape_key(
     // memory, every device and its options, and the guest's kernel command line.
     let dir = Path::new("/template");
     let disks = placeholders(config, dir);
-    let nic = template_nic(config, None)?;
+    let nic = config.nic.as_ref().map(|nic| nic.with_mac(TEMPLATE_MAC));
     let shape = shape_config(config, disks, nic, dir);
     let args = cmdline::qemu_args(
         &shape,
@@ -228,26 +228,6 @@ fn placeholders(config: &VmConfig, dir: &Path) -> Vec<crate::Disk> {
         .collect()
 }
 
-/// The template's NIC, if `config` has one: on `tap` when given, else on /dev/null (for
-/// the key, which only reads its address).
-fn template_nic(
-    config: &VmConfig,
-    tap: Option<&vessel_net::tap::Tap>,
-) -> Result<Option<Nic>, VmError> {
-    if config.nic.is_none() {
-        return Ok(None);
-    }
-    let fd: OwnedFd = match tap {
-        Some(tap) => {
-            tap.fd().try_clone_to_owned().map_err(io("copy the fd of", Path::new(tap.name())))?
-        }
-        None => {
-            std::fs::File::open("/dev/null").map_err(io("open", Path::new("/dev/null")))?.into()
-        }
-    };
-    Ok(Some(Nic::new(fd, TEMPLATE_MAC)))
-}
-
 /// `config` as its template boots: placeholders for disks, the template's NIC, no shares.
 fn shape_config(
     config: &VmConfig,
@@ -299,7 +279,16 @@ async fn make(
         ),
         None => None,
     };
-    let nic = template_nic(config, tap.as_ref())?;
+    let nic = match &tap {
+        Some(tap) => {
+            let fd = tap
+                .fd()
+                .try_clone_to_owned()
+                .map_err(io("copy the fd of", Path::new(tap.name())))?;
+            Some(Nic::new(fd, TEMPLATE_MAC))
+        }
+        None => None,
+    };
     let shape = shape_config(config, disks, nic, &work);
     let ram = work.join("ram");
     let agent_socket = work.join("agent.sock");
