@@ -153,16 +153,17 @@ impl Backend for QemuBackend {
                 return Err(err);
             }
         };
-        let template = if template::applies(&config) {
-            match template::for_config(&self.qemu, &config, accel, khz).await {
-                Ok(template) => Some(template),
-                Err(err) => {
-                    tracing::warn!(error = %err, "booting instead of restoring a saved VM");
-                    None
+        let template = match template::templates_for(&config) {
+            Some(templates) => {
+                match template::for_config(&self.qemu, &config, templates, accel, khz).await {
+                    Ok(template) => Some(template),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "booting instead of restoring a saved VM");
+                        None
+                    }
                 }
             }
-        } else {
-            None
+            None => None,
         };
         // A restore that fails here has used up vessel-vsock's one connection: the caller
         // starts over (and boots), with the error naming the template.

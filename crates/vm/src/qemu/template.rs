@@ -76,21 +76,21 @@ impl Template {
     }
 }
 
-/// Whether `config` can start from a template: virtio-fs shares are vhost-user devices,
-/// which QEMU cannot save, and they need RAM shared with virtiofsd.
-pub fn applies(config: &VmConfig) -> bool {
-    config.templates.is_some() && config.shares.is_empty()
+/// Where `config` finds its template, if it can start from one: virtio-fs shares are
+/// vhost-user devices, which QEMU cannot save, and they need RAM shared with virtiofsd.
+pub fn templates_for(config: &VmConfig) -> Option<&Path> {
+    config.templates.as_deref().filter(|_| config.shares.is_empty())
 }
 
-/// The template for `config`'s shape, made now if there is none yet. Concurrent callers
-/// of one shape wait for the first.
+/// The template in `templates` for `config`'s shape, made now if there is none yet.
+/// Concurrent callers of one shape wait for the first.
 pub async fn for_config(
     qemu: &Path,
     config: &VmConfig,
+    templates: &Path,
     accel: crate::Accel,
     tsc_khz: u64,
 ) -> Result<Template, VmError> {
-    let templates = config.templates.as_ref().expect("checked by applies()");
     let key = shape_key(qemu, config, accel, tsc_khz)?;
     let dir = templates.join(&key);
     if let Some(template) = Template::open(dir.clone()) {
