@@ -73,14 +73,12 @@ impl Channel {
         )?;
         let mut events = [EpollEvent::default(); 4];
         loop {
-            while self.output.len() < OUT_HIGH_WATER && muxer.has_work() {
-                if muxer.fill_rx(&mut self.output, HEADER_LEN + MAX_PAYLOAD as usize)
+            // The packets owed to the guest, while there is room for them.
+            while self.output.len() < OUT_HIGH_WATER
+                && muxer.has_work()
+                && muxer.fill_rx(&mut self.output, HEADER_LEN + MAX_PAYLOAD as usize)
                     != Fill::Nothing
-                {
-                    continue;
-                }
-                break;
-            }
+            {}
             if !self.flush()? {
                 return Ok(());
             }
