@@ -42,9 +42,9 @@ pub enum Start<'a> {
     /// A boot to be saved: guest RAM in the file `ram`, shared, so that the save leaves it
     /// out; a monitor on [`QMP_FD`].
     Template { ram: &'a Path },
-    /// A saved VM restored: its RAM file mapped copy-on-write, its state loaded from
-    /// [`STATE_FD`] once the monitor on [`QMP_FD`] says so.
-    Restore { ram: &'a Path },
+    /// A saved VM restored: its RAM file, open on [`RAM_FD`], mapped copy-on-write; its
+    /// state loaded from [`STATE_FD`] once the monitor on [`QMP_FD`] says so.
+    Restore,
 }
 
 /// The guest's timing hints, from the host's TSC frequency.
@@ -184,9 +184,8 @@ pub fn qemu_args(
             escape_option(&ram.display().to_string())
         ),
         // share=off: the guest's writes stay in this VM, the file never changes.
-        Start::Restore { ram } => format!(
-            "memory-backend-file,id=mem,size={memory},mem-path={},share=off",
-            escape_option(&ram.display().to_string())
+        Start::Restore => format!(
+            "memory-backend-file,id=mem,size={memory},mem-path=/proc/self/fd/{RAM_FD},share=off"
         ),
     };
     push(&["-object", &backend]);
@@ -198,7 +197,7 @@ pub fn qemu_args(
             "chardev=qmp,mode=control",
         ]);
     }
-    if matches!(start, Start::Restore { .. }) {
+    if matches!(start, Start::Restore) {
         push(&["-incoming", "defer"]);
     }
     push(&["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]);
@@ -467,9 +466,9 @@ mod tests {
         ));
         assert!(template.contains(&"socket,id=qmp,fd=5".to_string()));
         assert!(!template.contains(&"-incoming".to_string()));
-        let restore = args(Start::Restore { ram });
+        let restore = args(Start::Restore);
         assert!(restore.contains(
-            &"memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=off".to_string()
+            &"memory-backend-file,id=mem,size=256M,mem-path=/proc/self/fd/6,share=off".to_string()
         ));
         assert!(restore.windows(2).any(|w| w[0] == "-incoming" && w[1] == "defer"));
         assert!(restore

@@ -203,13 +203,7 @@ impl QemuBackend {
         tsc_khz: u64,
         template: Option<&template::Template>,
     ) -> Result<Child, VmError> {
-        // A restore maps the RAM file QEMU finds on RAM_FD, opened here with the state: a
-        // template replaced meanwhile cannot pair one's state with the other's RAM.
-        let ram_path = PathBuf::from(format!("/proc/self/fd/{}", cmdline::RAM_FD));
-        let start = match template {
-            Some(_) => Start::Restore { ram: &ram_path },
-            None => Start::Cold,
-        };
+        let start = if template.is_some() { Start::Restore } else { Start::Cold };
         let args = qemu_args(
             config,
             accel,
@@ -234,6 +228,8 @@ impl QemuBackend {
             std::fs::File::open(&path)
                 .map_err(|err| failed(format!("open {}: {err}", path.display())))
         };
+        // The RAM file is opened here with the state, and QEMU maps it from RAM_FD: a
+        // template replaced meanwhile cannot pair one's state with another's RAM.
         let (state, ram) = (open(template.state())?, open(template.ram())?);
         let (qmp_ours, qmp_theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|err| failed(format!("a socket pair for QEMU's monitor: {err}")))?;
