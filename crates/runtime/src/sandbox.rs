@@ -306,7 +306,8 @@ async fn accept_ready(listener: &tokio::net::UnixListener) -> std::io::Result<()
 
 /// The initramfs for `init`, built once per build of vessel-init (keyed by its path, size
 /// and modification time) and shared by every VM, so a start reads and writes nothing.
-/// It lives in the runtime directory, which a host reboot clears.
+/// It lives in the cache, shared by every state root: the saved VMs restores start from
+/// are keyed by this file, and one per root (or per host boot) would make each anew.
 fn cached_initramfs(host: &Host, init: &std::path::Path) -> Result<PathBuf, RuntimeError> {
     use sha2::Digest;
     let io_err = |action, path: &std::path::Path| {
@@ -322,7 +323,7 @@ fn cached_initramfs(host: &Host, init: &std::path::Path) -> Result<PathBuf, Runt
         .chain_update(stamp.as_nanos().to_le_bytes())
         .finalize();
     let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let dir = host.run.join("initramfs");
+    let dir = host.cache.join("initramfs");
     let path = dir.join(format!("{key}.cpio"));
     if path.is_file() {
         return Ok(path);
@@ -335,7 +336,26 @@ fn cached_initramfs(host: &Host, init: &std::path::Path) -> Result<PathBuf, Runt
     let partial = dir.join(format!(".{key}.{}.partial", std::process::id()));
     std::fs::write(&partial, archive).map_err(io_err("write", &partial))?;
     std::fs::rename(&partial, &path).map_err(io_err("write", &path))?;
+    remove_old_initramfs(&dir);
     Ok(path)
+}
+
+/// Initramfs files kept: one per build of vessel-init, so old ones are never used again.
+const INITRAMFS_KEPT: usize = 8;
+
+/// Removes all but the newest `INITRAMFS_KEPT` archives in `dir`. A VM that uses a removed
+/// one has read it already: QEMU loads it at start.
+fn remove_old_initramfs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cpio"))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    archives.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+    for (_, old) in archives.into_iter().skip(INITRAMFS_KEPT) {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// The last lines of a console log, for error messages.
