@@ -126,7 +126,7 @@ pub async fn for_config(
         return Ok(template);
     }
     let started = std::time::Instant::now();
-    let made = make(qemu, config, accel, tsc_khz, &key, &dir).await;
+    let made = make(qemu, config, accel, tsc_khz, &dir).await;
     tracing::debug!(dir = %dir.display(), took = ?started.elapsed(), ok = made.is_ok(), "made a VM template");
     made?;
     prune(templates, &key);
@@ -255,7 +255,6 @@ async fn make(
     config: &VmConfig,
     accel: crate::Accel,
     tsc_khz: u64,
-    key: &str,
     dir: &Path,
 ) -> Result<(), VmError> {
     let work = dir.with_extension(format!("new-{}", std::process::id()));
@@ -270,13 +269,17 @@ async fn make(
     // The template's NIC is a TAP of its own, on no network, gone with its fd. A TAP and
     // not a backend without one: the guest's driver keeps the features it negotiated at
     // boot, and without the virtio-net header it has no checksum or segmentation offload
-    // (TCP 168 MB/s instead of 396 to a restored container, measured). Named after the
-    // shape, whose makers take turns.
+    // (TCP 168 MB/s instead of 396 to a restored container, measured). Named after this
+    // maker: makers of one shape in two template directories run side by side.
     let tap = match &config.nic {
-        Some(_) => Some(
-            vessel_net::tap::Tap::create(&format!("vt{}", &key[..12]))
-                .map_err(|err| VmError::Template(format!("a TAP for the saved VM's NIC: {err}")))?,
-        ),
+        Some(_) => {
+            static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000;
+            let name = format!("vt{}.{n}", std::process::id());
+            let tap = vessel_net::tap::Tap::create(&name)
+                .map_err(|err| VmError::Template(format!("a TAP for the saved VM's NIC: {err}")))?;
+            Some(tap)
+        }
         None => None,
     };
     let nic = match &tap {
